@@ -1,0 +1,37 @@
+# Two commands on a fresh clone with only python3 and make: `make demo` and `make test`.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: sync demo test lint typecheck pytest soak bench clean
+
+$(UV):
+	python3 -m pip install --quiet --disable-pip-version-check --target .tools uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+sync: .venv/.synced
+
+demo: sync  ## render a generated 200-image archive on embedded Redis/SQLite
+	$(RUN) fleet demo --images $(or $(IMAGES),200)
+
+test: lint typecheck pytest  ## the whole suite
+
+lint: sync
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+typecheck: sync
+	$(RUN) mypy
+
+pytest: sync
+	$(RUN) pytest $(PYTEST_ARGS)
+
+soak: sync  ## long soak tests, excluded from `make test`
+	$(RUN) pytest -m soak $(PYTEST_ARGS)
+
+clean:
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

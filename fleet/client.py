@@ -1,0 +1,106 @@
+"""The typed client the web API uses to queue work.
+
+One method per job, each going through a :class:`JobSpec` of the registry, so the API cannot
+queue a job name no worker registers. Any failure to queue raises :class:`EnqueueError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.jobs import Job
+from redis.exceptions import RedisError
+
+from fleet.connections import open_pool
+from fleet.errors import EnqueueError
+from fleet.registry import RENDER_UPLOAD, JobSpec, P, RenderUpload, queue_key
+from fleet.settings import Settings, get_settings
+
+_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class FleetClient:
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> FleetClient:
+        settings = settings or get_settings()
+        try:
+            redis = await open_pool(settings)
+        except _REDIS_FAILURES as exc:
+            raise EnqueueError(f"cannot reach Redis at {_safe_url(settings)}: {exc}") from exc
+        return cls(redis, settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> FleetClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- one method per job -------------------------------------------------------------
+
+    async def render_upload(self, image_id: int, filename: str, ext: str) -> Job:
+        """Render thumbnail (and medium/large when the original is big enough) for an upload."""
+        return await self.enqueue(RENDER_UPLOAD, RenderUpload(image_id=image_id, filename=filename, ext=ext))
+
+    # --- the one way to queue -----------------------------------------------------------
+
+    async def enqueue(
+        self, spec: JobSpec[P], payload: P, *, job_id: str | None = None, defer_s: float | None = None
+    ) -> Job:
+        """Queue ``payload`` for ``spec``; raises :class:`EnqueueError`, never returns silently."""
+        data = spec.encode(payload)
+        try:
+            job = await self.redis.enqueue_job(
+                spec.name,
+                data,
+                _queue_name=queue_key(self.settings.namespace, spec.queue),
+                _job_id=job_id,
+                _defer_by=defer_s,
+            )
+        except _REDIS_FAILURES as exc:
+            raise EnqueueError(f"could not queue {spec.name} on {_safe_url(self.settings)}: {exc}") from exc
+        if job is None:
+            raise EnqueueError(f"{spec.name}: a job with id {job_id!r} is already queued or running")
+        return job
+
+
+def _safe_url(settings: Settings) -> str:
+    """The Redis URL without its password, for error messages."""
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def lifespan(
+    settings: Settings | None = None,
+) -> Callable[[Any], AbstractAsyncContextManager[dict[str, FleetClient]]]:
+    """A FastAPI/Starlette ``lifespan``: opens one client at start-up and closes it at shutdown.
+
+    The client is on ``app.state.fleet`` and in the lifespan state as ``request.state.fleet``.
+    """
+
+    @asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[dict[str, FleetClient]]:
+        client = await FleetClient.connect(settings)
+        app.state.fleet = client
+        try:
+            yield {"fleet": client}
+        finally:
+            await client.close()
+
+    return run

@@ -1,0 +1,145 @@
+"""``fleet demo``: the main job end to end on embedded services.
+
+Generates a sample archive, starts a private Redis and a real img worker process, queues
+every upload through the public client, waits for each result, checks every expected output
+exists and decodes, and prints one JSON summary as its last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from arq.jobs import Job
+
+from fleet import corpus
+from fleet.client import FleetClient
+from fleet.errors import JobFailedError
+from fleet.logging import configure_logging, get_logger
+from fleet.registry import Queue, queue_key
+from fleet.services import embedded_defaults
+from fleet.settings import Settings, get_settings
+
+log = get_logger("fleet.demo")
+
+
+@contextlib.contextmanager
+def worker_process(kind: str, settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process (``python -m fleet worker KIND``), stopped with SIGTERM on exit."""
+    env = {**os.environ, **settings.as_env()}
+    proc = subprocess.Popen([sys.executable, "-m", "fleet", "worker", kind], env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_healthy(client: FleetClient, queue: Queue, timeout_s: float = 60.0) -> None:
+    """Until a worker of ``queue`` has written its health-check key."""
+    key = f"{queue_key(client.settings.namespace, queue)}:health-check"
+    deadline = time.monotonic() + timeout_s
+    while not await client.redis.exists(key):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {queue} worker came up within {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+async def _result(job: Job, timeout_s: float) -> dict[str, Any] | str:
+    try:
+        result: dict[str, Any] = await job.result(timeout=timeout_s, poll_delay=0.05)
+    except JobFailedError as exc:
+        return str(exc)
+    return result
+
+
+def verify(root: Path, sample: corpus.Sample, result: dict[str, Any], settings: Settings) -> str | None:
+    """None when every expected output is there and decodes; else what is wrong."""
+    import pyvips
+
+    outputs = result["outputs"]
+    expected = {"thumb": settings.thumb_size, "medium": settings.medium_edge, "large": settings.large_edge}
+    for variant, edge in expected.items():
+        out = outputs.get(variant)
+        if out is None:
+            return f"{variant} missing from the result"
+        must_exist = variant == "thumb"
+        if out["status"] == 0:  # NONE: allowed only for a variant the original does not exceed,
+            if must_exist:  # or one whose rendition was not smaller than the original
+                return "thumb is NONE"
+            continue
+        if not must_exist and sample.longest <= edge:
+            return f"{variant} rendered for a {sample.longest} px original"
+        try:
+            image = pyvips.Image.new_from_file(str(root / out["path"]), fail_on="error")
+            image.avg()  # forces a full decode
+        except pyvips.Error as exc:
+            return f"{out['path']} does not decode: {exc}"
+        if max(image.width, image.height) > edge:
+            return f"{out['path']} is {image.width}x{image.height}, over {edge}"
+    return None
+
+
+async def run_demo(images: int, root: Path, settings: Settings) -> dict[str, Any]:
+    samples = corpus.plan(images)
+    started = time.monotonic()
+    corpus.generate(root, samples)
+    log.info(
+        "sample archive ready", images=images, root=str(root), seconds=round(time.monotonic() - started, 1)
+    )
+
+    with worker_process("img", settings):
+        async with await FleetClient.connect(settings) as client:
+            await wait_healthy(client, Queue.IMG)
+            log.info("img worker up; queueing uploads", pool=settings.pool_size)
+            started = time.monotonic()
+            jobs = [await client.render_upload(s.image_id, s.filename, s.ext) for s in samples]
+            results = await asyncio.gather(*(_result(job, 600) for job in jobs))
+            seconds = time.monotonic() - started
+
+    problems: dict[str, str] = {}
+    for sample, result in zip(samples, results, strict=True):
+        problem = result if isinstance(result, str) else verify(root, sample, result, settings)
+        if problem:
+            problems[f"{sample.filename}.{sample.ext}"] = problem
+    for name, problem in list(problems.items())[:10]:
+        log.error("upload failed", file=name, problem=problem)
+    rendered = images - len(problems)
+    return {
+        "images": images,
+        "rendered": rendered,
+        "failed": len(problems),
+        "seconds": round(seconds, 3),
+        "renders_per_s": round(images / seconds, 2) if seconds else 0.0,
+        "processes": settings.pool_size,
+    }
+
+
+def main(images: int = 200, keep: bool = False) -> int:
+    settings = get_settings()
+    configure_logging(settings)
+    root = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+    try:
+        with embedded_defaults(settings.replace(storage_path=root)) as settings:
+            summary = asyncio.run(run_demo(images, root, settings))
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    if keep:
+        summary["storage"] = str(root)
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["failed"] == 0 and summary["rendered"] == images else 1

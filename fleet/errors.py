@@ -1,0 +1,60 @@
+"""The exceptions fleet raises, and the two classes every job failure falls into.
+
+A job ends done, retried later (``TransientError``), or failed for good (``PermanentError``).
+Both derive from ``JobError`` and *not* from arq's ``Retry``, and the queue layer turns them
+into arq outcomes, so job code never needs (and never has) a broad ``except``.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error fleet raises to its callers."""
+
+
+class EnqueueError(FleetError):
+    """A job could not be queued (Redis down, refused, or timed out).
+
+    Raised, never swallowed: an API that catches it can answer 503, and an upload never
+    "succeeds" with no job behind it.
+    """
+
+
+class RegistryError(FleetError):
+    """A worker does not register exactly the jobs the registry assigns to its queue."""
+
+
+class JobFailedError(FleetError):
+    """A job ended in failure; carries the worker-side error class and message."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+
+class JobError(Exception):
+    """Raised inside a job to say how it failed.
+
+    ``kind`` names the cause (e.g. ``TooManyPixelsError``) for dead letters and results;
+    it defaults to the class name."""
+
+    permanent: bool = False
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind or type(self).__name__
+
+
+class PermanentError(JobError):
+    """Retrying cannot help: bad input, missing file, a 4xx answer."""
+
+    permanent = True
+
+
+class TransientError(JobError):
+    """Retrying later may help: a service down, a timeout, a crashed render process."""
+
+
+class InvalidPayloadError(PermanentError):
+    """The job's arguments do not match its declared payload."""

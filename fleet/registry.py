@@ -1,0 +1,132 @@
+"""Every queue and every job of the fleet, in one place.
+
+The client enqueues only through a :class:`JobSpec` from this module, and a worker is built
+from the specs of its queue (see :func:`fleet.worker.build_worker`), which refuses to start
+unless it registers every one of them. A job name the worker does not know cannot be queued.
+
+Payloads are small frozen dataclasses of ids and stored names: never pixels, never paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from fleet.errors import InvalidPayloadError
+
+
+class Queue(enum.StrEnum):
+    """Queues, each served by its own worker kind and scaled on its own."""
+
+    IMG = "img"
+    """Uploads: rendered first."""
+    IMG_BULK = "img-bulk"
+    """Archive re-rendering: served only when IMG is empty."""
+    IQDB = "iqdb"
+    DB = "db"
+
+
+def queue_key(namespace: str, queue: Queue) -> str:
+    """The Redis sorted set arq uses for ``queue`` in ``namespace``."""
+    return f"{namespace}:queue:{queue.value}"
+
+
+class Payload(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec(Generic[P]):
+    """A job's name, its queue and the shape of its arguments."""
+
+    name: str
+    queue: Queue
+    payload: type[P]
+
+    def encode(self, payload: P) -> dict[str, Any]:
+        if not isinstance(payload, self.payload):
+            raise TypeError(f"{self.name} takes a {self.payload.__name__}, not {type(payload).__name__}")
+        return dataclasses.asdict(payload)
+
+    def decode(self, data: Any) -> P:
+        """Rebuild the payload, refusing anything that does not match its declared types."""
+        if not isinstance(data, dict):
+            raise InvalidPayloadError(f"{self.name}: payload must be an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(self.payload)
+        names = {f.name for f in dataclasses.fields(self.payload)}
+        if unknown := set(data) - names:
+            raise InvalidPayloadError(f"{self.name}: unknown fields {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self.payload):
+            if f.name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise InvalidPayloadError(f"{self.name}: missing field {f.name!r}")
+                continue
+            values[f.name] = _check(self.name, f.name, data[f.name], hints[f.name])
+        return self.payload(**values)
+
+
+def _check(job: str, name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check(job, name, value, option)
+            except InvalidPayloadError:
+                continue
+        raise InvalidPayloadError(f"{job}: field {name!r} has the wrong type {type(value).__name__}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1]
+        if isinstance(value, list):
+            items = [_check(job, name, v, item) for v in value]
+            return items if origin is list else tuple(items)
+    elif hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif (hint is int and isinstance(value, int) and not isinstance(value, bool)) or (
+        hint in (str, bool) and type(value) is hint
+    ):
+        return value
+    raise InvalidPayloadError(
+        f"{job}: field {name!r} must be {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
+
+
+# --- payloads -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RenderUpload:
+    """Render the variants of one stored original, ``fullsize/{filename}.{ext}``."""
+
+    image_id: int
+    filename: str
+    ext: str
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+RENDER_UPLOAD: JobSpec[RenderUpload] = JobSpec("render_upload", Queue.IMG, RenderUpload)
+
+ALL_JOBS: tuple[JobSpec[Any], ...] = (RENDER_UPLOAD,)
+
+
+def jobs_of(queue: Queue) -> tuple[JobSpec[Any], ...]:
+    return tuple(spec for spec in ALL_JOBS if spec.queue is queue)
+
+
+# Which worker kind serves which queues: the dotted path of a ``worker_settings(settings)``
+# factory. A string, not an import: fleet never imports a worker package. Each module also
+# has ``WorkerSettings`` (built from the environment) for the stock ``arq`` CLI.
+WORKERS: dict[str, str] = {
+    "img": "imgworker.worker.worker_settings",
+}

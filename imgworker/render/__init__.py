@@ -1,0 +1,25 @@
+"""Pure image code: pyvips in, files out. Knows nothing of queues, Redis or arq."""
+
+from imgworker.render.errors import RenderError
+from imgworker.render.options import (
+    Output,
+    RenderOptions,
+    RenderRequest,
+    RenderResult,
+    Variant,
+    VariantStatus,
+    default_options,
+)
+from imgworker.render.pipeline import render
+
+__all__ = [
+    "Output",
+    "RenderError",
+    "RenderOptions",
+    "RenderRequest",
+    "RenderResult",
+    "Variant",
+    "VariantStatus",
+    "default_options",
+    "render",
+]

@@ -1,0 +1,31 @@
+"""Why a render failed. Pure image code raises these; the job layer decides retry or not."""
+
+from __future__ import annotations
+
+
+class RenderError(Exception):
+    """A render that cannot succeed on this input: retrying will not help."""
+
+    permanent = True
+
+
+class UnsafePathError(RenderError):
+    """A stored name that would lead outside the storage root."""
+
+
+class MissingOriginalError(RenderError):
+    pass
+
+
+class UnsupportedImageError(RenderError):
+    """Not an image, a format we do not render, or undecodable/truncated data."""
+
+
+class TooManyPixelsError(RenderError):
+    """More pixels than MAX_PIXELS: refused from the header, before any decode."""
+
+
+class StorageError(RenderError):
+    """Writing an output failed (disk full, permissions): may pass, so it is retried."""
+
+    permanent = False

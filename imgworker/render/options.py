@@ -1,0 +1,94 @@
+"""What to render: variant sizes, formats, qualities. Plain data, picklable into pool processes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class VariantStatus(enum.IntEnum):
+    """As the board's ``images.medium`` / ``images.large`` columns store it."""
+
+    NONE = 0
+    READY = 1
+    PENDING = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    """thumb, medium or large; also the folder it is written to (thumb goes to thumbs/)."""
+    folder: str
+    edge: int
+    """The output fits in edge x edge; never upscaled."""
+    quality: int
+    format: str | None = None
+    """An output format (webp, jpeg, png, gif, avif), or None for the original's own format."""
+    sharpen: bool = False
+    always: bool = False
+    """Made for every original; otherwise only for originals larger than ``edge`` whose
+    rendition is smaller in bytes than the original."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    variants: tuple[Variant, ...]
+    max_pixels: int = 100_000_000
+    fail_on: str = "truncated"
+    """libvips' fail_on for loads: a truncated file is an error, not a grey-filled image."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variants", tuple(sorted(self.variants, key=lambda v: -v.edge)))
+
+
+def default_options(
+    *,
+    thumb_size: int = 500,
+    thumb_format: str = "webp",
+    thumb_quality: int = 75,
+    thumb_sharpen: bool = True,
+    medium_edge: int = 1280,
+    large_edge: int = 2048,
+    variant_quality: int = 90,
+    max_pixels: int = 100_000_000,
+) -> RenderOptions:
+    return RenderOptions(
+        variants=(
+            Variant("large", "large", large_edge, variant_quality),
+            Variant("medium", "medium", medium_edge, variant_quality),
+            Variant("thumb", "thumbs", thumb_size, thumb_quality, thumb_format, thumb_sharpen, always=True),
+        ),
+        max_pixels=max_pixels,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RenderRequest:
+    """One stored original: ``fullsize/{filename}.{ext}`` under the storage root."""
+
+    image_id: int
+    filename: str
+    ext: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    variant: str
+    status: VariantStatus
+    path: str | None = None
+    """Relative to the storage root; None when the variant is NONE."""
+    width: int = 0
+    height: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class RenderResult:
+    image_id: int
+    file: str
+    ok: bool
+    outputs: dict[str, Output] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    permanent: bool = True
+    seconds: float = 0.0

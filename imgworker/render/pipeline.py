@@ -1,0 +1,97 @@
+"""Render one original into its variants: pure pyvips, files in and files out.
+
+One decode per original. The largest variant needed is decoded with shrink-on-load, held in
+memory, and each smaller variant is resized from the one before it (large -> medium -> thumb)
+instead of decoding the original three times.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyvips
+
+from imgworker.render import steps, storage
+from imgworker.render.errors import RenderError, UnsupportedImageError
+from imgworker.render.options import (
+    Output,
+    RenderOptions,
+    RenderRequest,
+    RenderResult,
+    Variant,
+    VariantStatus,
+)
+
+
+def render(root: Path, request: RenderRequest, options: RenderOptions) -> RenderResult:
+    """Render ``request``; failures come back in the result (never raised), with their class."""
+    started = time.perf_counter()
+    file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
+    try:
+        outputs = _render(root, request, options)
+    except RenderError as exc:
+        error: RenderError = exc
+    except pyvips.Error as exc:
+        # Pixel data is decoded lazily, so a corrupt body surfaces here, not at inspect().
+        error = UnsupportedImageError(f"cannot decode {file}: {steps._vips_message(exc)}")
+    else:
+        return RenderResult(request.image_id, file, True, outputs, seconds=time.perf_counter() - started)
+    return RenderResult(
+        request.image_id,
+        file,
+        False,
+        error=str(error),
+        error_type=type(error).__name__,
+        permanent=error.permanent,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
+    source = storage.original_path(root, request.filename, request.ext)
+    width, height, _ = steps.inspect(source, options.max_pixels)
+    longest = max(width, height)
+    wanted = [v for v in options.variants if v.always or longest > v.edge]
+    outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
+    original_bytes = source.stat().st_size
+
+    image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on))
+    for index, variant in enumerate(wanted):
+        image = steps.resize(image, variant.edge)
+        if index < len(wanted) - 1:
+            image = image.copy_memory()  # decode once; smaller variants start from these pixels
+        outputs[variant.name] = _write_variant(root, request, variant, image, original_bytes)
+    return outputs
+
+
+def _write_variant(
+    root: Path, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
+) -> Output:
+    fmt = variant.format or steps.FORMAT_OF_EXT.get(request.ext.lower())
+    if fmt is None:
+        raise UnsupportedImageError(f"cannot write a {variant.name} variant as .{request.ext}")
+    if variant.sharpen:
+        image = steps.sharpen(image)
+    data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
+    if not variant.always and len(data) >= original_bytes:
+        return _drop(root, variant, request)  # no smaller than the original: serve the original
+    ext = request.ext if variant.format is None else ("jpg" if fmt == "jpeg" else fmt)
+    path = storage.output_path(root, variant.folder, request.filename, ext)
+    storage.atomic_write(path, data)
+    return Output(
+        variant.name,
+        VariantStatus.READY,
+        f"{variant.folder}/{path.name}",
+        image.width,
+        image.height,
+        len(data),
+    )
+
+
+def _drop(root: Path, variant: Variant, request: RenderRequest) -> Output:
+    """Variant NONE: also remove a stale file a previous render (other settings) may have left."""
+    if variant.format is None:
+        stale = storage.output_path(root, variant.folder, request.filename, request.ext)
+        stale.unlink(missing_ok=True)
+    return Output(variant.name, VariantStatus.NONE)

@@ -1,0 +1,108 @@
+"""The render steps, each small and named: inspect, load, colour, resize, sharpen, flatten, encode.
+
+pyvips images are lazy: each step adds to a pipeline that runs when it is encoded (or copied to
+memory for the cascade), so a step costs nothing until then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyvips
+
+from imgworker.render.errors import TooManyPixelsError, UnsupportedImageError
+
+# libvips loader name prefix -> the format we call it. Anything else is refused.
+_LOADERS = {"jpegload": "jpeg", "pngload": "png", "gifload": "gif", "webpload": "webp", "heifload": "avif"}
+
+# Normalised format of a stored extension.
+FORMAT_OF_EXT = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "gif": "gif", "webp": "webp", "avif": "avif"}
+
+# "Mild" sharpening after a downscale, as vipsthumbnail used to apply it.
+_SHARPEN_MASK = pyvips.Image.new_from_list([[-1, -1, -1], [-1, 32, -1], [-1, -1, -1]], scale=24)
+
+
+def inspect(path: Path, max_pixels: int) -> tuple[int, int, str]:
+    """Header-only open (no pixel decode): width, height and the real format of the content.
+
+    The pixel cap is applied here, so a tiny file claiming 65000x65000 is refused in about a
+    millisecond instead of being decoded."""
+    try:
+        header = pyvips.Image.new_from_file(str(path))
+    except pyvips.Error as exc:
+        raise UnsupportedImageError(f"not a readable image: {_vips_message(exc)}") from exc
+    loader = str(header.get("vips-loader"))
+    fmt = next((name for prefix, name in _LOADERS.items() if loader.startswith(prefix)), None)
+    if fmt is None:
+        raise UnsupportedImageError(f"unsupported format ({loader})")
+    width, height = header.width, header.height
+    if width * height > max_pixels:
+        raise TooManyPixelsError(f"{width}x{height} is more than MAX_PIXELS={max_pixels}")
+    return width, height, fmt
+
+
+def load(path: Path, edge: int, fail_on: str) -> pyvips.Image:
+    """Decode already shrunk to fit ``edge`` (shrink-on-load), oriented, first frame only.
+
+    ``thumbnail`` fuses load, EXIF orientation and the resize on purpose: a JPEG is decoded at
+    1/2, 1/4 or 1/8 scale and WebP through libwebp's scaled decode, so a 6000 px original
+    never exists in memory at full size. CMYK and embedded profiles come out as sRGB."""
+    return pyvips.Image.thumbnail(str(path), edge, height=edge, size="down", fail_on=fail_on)
+
+
+def to_srgb(image: pyvips.Image) -> pyvips.Image:
+    """8-bit sRGB (or 8-bit grey), whatever the input: 16-bit PNG, CMYK, Lab, ..."""
+    grey = image.interpretation in ("b-w", "grey16")
+    target = "b-w" if grey else "srgb"
+    if image.interpretation != target:
+        image = image.colourspace(target)
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    return image
+
+
+def resize(image: pyvips.Image, edge: int) -> pyvips.Image:
+    """Fit ``edge`` x ``edge`` from an image already in memory (one step of the cascade)."""
+    if max(image.width, image.height) <= edge:
+        return image
+    return image.thumbnail_image(edge, height=edge, size="down")
+
+
+def sharpen(image: pyvips.Image) -> pyvips.Image:
+    """Light sharpening of the colour bands; alpha is left alone so edges do not ring."""
+    if image.hasalpha():
+        colour, alpha = image[: image.bands - 1], image[image.bands - 1]
+        return colour.conv(_SHARPEN_MASK, precision="integer").bandjoin(alpha)
+    return image.conv(_SHARPEN_MASK, precision="integer")
+
+
+def flatten(image: pyvips.Image, fmt: str) -> pyvips.Image:
+    """JPEG has no alpha: composite onto white rather than letting transparency turn black."""
+    if fmt == "jpeg" and image.hasalpha():
+        background = [255] * (image.bands - 1)
+        return image.flatten(background=background)
+    return image
+
+
+def encode(image: pyvips.Image, fmt: str, quality: int) -> bytes:
+    """Encode with all metadata stripped (EXIF, XMP, ICC: pixels are already sRGB)."""
+    options: dict[str, Any] = {"keep": "none"}
+    if fmt == "jpeg":
+        data = image.jpegsave_buffer(Q=quality, optimize_coding=True, **options)
+    elif fmt == "webp":
+        data = image.webpsave_buffer(Q=quality, **options)
+    elif fmt == "png":
+        data = image.pngsave_buffer(compression=6, **options)
+    elif fmt == "gif":
+        data = image.gifsave_buffer(**options)
+    elif fmt == "avif":
+        data = image.heifsave_buffer(Q=quality, compression="av1", **options)
+    else:
+        raise UnsupportedImageError(f"no encoder for {fmt!r}")
+    return bytes(data)
+
+
+def _vips_message(exc: pyvips.Error) -> str:
+    detail = (getattr(exc, "detail", "") or str(exc)).strip().splitlines()
+    return detail[0] if detail else "libvips error"

@@ -1,0 +1,82 @@
+"""Paths under the storage root, and atomic writes.
+
+Every path is built from the stored name alone (``{filename}.{ext}``), never from a date,
+and must resolve inside the root: a job payload cannot make us read or write elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+from imgworker.render.errors import MissingOriginalError, StorageError, UnsafePathError
+
+ORIGINALS = "fullsize"
+_EXT = re.compile(r"^[A-Za-z0-9]{1,10}$")
+
+
+def check_name(filename: str, ext: str) -> None:
+    """Refuse names that could address anything but one file in one folder."""
+    if not filename or "\x00" in filename or "/" in filename or "\\" in filename:
+        raise UnsafePathError(f"unsafe stored name {filename!r}")
+    if filename in {".", ".."} or filename.startswith("."):
+        raise UnsafePathError(f"unsafe stored name {filename!r}")
+    if not _EXT.match(ext):
+        raise UnsafePathError(f"unsafe extension {ext!r}")
+
+
+def _inside(root: Path, path: Path) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise UnsafePathError(f"{path} resolves outside the storage root")
+    return resolved
+
+
+def original_path(root: Path, filename: str, ext: str) -> Path:
+    check_name(filename, ext)
+    path = _inside(root, root / ORIGINALS / f"{filename}.{ext}")
+    if not path.is_file():
+        raise MissingOriginalError(f"original {ORIGINALS}/{filename}.{ext} does not exist")
+    return path
+
+
+def output_path(root: Path, folder: str, filename: str, ext: str) -> Path:
+    check_name(filename, ext)
+    directory = root / folder
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create {directory}: {exc}") from exc
+    return _inside(root, directory) / f"{filename}.{ext}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and rename: a killed writer never leaves a
+    partial file at ``path``. Temp names start with '.' and end in '.tmp'."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc}") from exc
+
+
+def remove_stale_temps(root: Path, folders: list[str], older_than_s: float = 600.0) -> int:
+    """Delete temp files left by killed writers; returns how many were removed.
+
+    Only old ones: a fresh temp file may belong to a replica writing right now."""
+    removed = 0
+    cutoff = time.time() - older_than_s
+    for folder in folders:
+        for tmp in (root / folder).glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+    return removed

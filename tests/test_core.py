@@ -1,0 +1,95 @@
+"""Settings, the registry contract and the JSON wire format."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+from arq.jobs import deserialize_job_raw, serialize_job
+
+from fleet import serializer
+from fleet.errors import InvalidPayloadError, JobFailedError, PermanentError, RegistryError
+from fleet.registry import ALL_JOBS, RENDER_UPLOAD, WORKERS, Queue, RenderUpload, jobs_of
+from fleet.settings import Settings
+from fleet.worker import build_worker
+
+
+def test_settings_read_from_environment_once_with_types() -> None:
+    s = Settings.from_env(
+        {"THUMB_SIZE": "300", "THUMB_SHARPEN": "off", "STORAGE_PATH": "/srv/x", "POLL_DELAY_S": "0.1"}
+    )
+    assert (s.thumb_size, s.thumb_sharpen, s.storage_path, s.poll_delay_s) == (
+        300,
+        False,
+        Path("/srv/x"),
+        0.1,
+    )
+    assert Settings.from_env({}).redis_url is None
+    with pytest.raises(ValueError, match="THUMB_SIZE='big'"):
+        Settings.from_env({"THUMB_SIZE": "big"})
+
+
+def test_settings_round_trip_through_a_child_environment() -> None:
+    s = Settings(redis_url="redis://h:1/2", thumb_sharpen=False, img_pool_size=3)
+    assert Settings.from_env(s.as_env()) == s
+
+
+def test_every_job_is_registered_by_the_worker_serving_its_queue() -> None:
+    from arq.utils import import_string
+
+    served: dict[str, set[str]] = {}
+    for kind, path in WORKERS.items():
+        kwargs = import_string(path)(Settings(namespace="t"))
+        served[kwargs["queue_name"]] = {f.name for f in kwargs["functions"]}
+        assert kind
+    for spec in ALL_JOBS:
+        if spec.queue is Queue.IMG_BULK:  # served with IMG (issue: bulk)
+            continue
+        assert spec.name in served[f"t:queue:{spec.queue.value}"], spec
+
+
+def test_a_worker_missing_a_job_of_its_queue_refuses_to_build() -> None:
+    assert jobs_of(Queue.IMG)
+    with pytest.raises(RegistryError, match="does not register"):
+        build_worker(Queue.IMG, [], Settings())
+
+
+def test_payloads_are_checked_against_their_declared_types() -> None:
+    assert RENDER_UPLOAD.decode({"image_id": 5, "filename": "a", "ext": "jpg"}) == RenderUpload(5, "a", "jpg")
+    for bad in (
+        {"image_id": "5", "filename": "a", "ext": "jpg"},
+        {"image_id": 5, "filename": "a"},
+        {"image_id": 5, "filename": "a", "ext": "jpg", "path": "/etc"},
+        {"image_id": True, "filename": "a", "ext": "jpg"},
+        ["not", "an", "object"],
+    ):
+        with pytest.raises(InvalidPayloadError):
+            RENDER_UPLOAD.decode(bad)
+    with pytest.raises(TypeError):
+        RENDER_UPLOAD.encode({"image_id": 1})  # type: ignore[arg-type]
+
+
+def test_jobs_travel_as_json_not_pickle() -> None:
+    raw = serialize_job("render_upload", ({"image_id": 1},), {}, 1, 123, serializer=serializer.serialize)
+    assert raw.startswith(b"{") and b"render_upload" in raw
+    assert deserialize_job_raw(raw, deserializer=serializer.deserialize)[0] == "render_upload"
+    evil = pickle.dumps({"f": "render_upload", "a": (), "k": {}, "t": 1, "et": 1})
+    with pytest.raises(Exception, match="deserialize"):
+        deserialize_job_raw(evil, deserializer=serializer.deserialize)
+
+
+def test_failures_travel_as_error_type_and_message() -> None:
+    doc = serializer.deserialize(
+        serializer.serialize({"r": PermanentError("bad", kind="TooManyPixelsError")})
+    )
+    assert isinstance(doc["r"], JobFailedError)
+    assert (doc["r"].error_type, doc["r"].message) == ("TooManyPixelsError", "bad")
+
+
+def test_readme_documents_every_setting() -> None:
+    from dataclasses import fields
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [f.name.upper() for f in fields(Settings) if f"`{f.name.upper()}`" not in readme]
+    assert missing == []

@@ -1,0 +1,205 @@
+"""The render pipeline on real files with real pyvips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pyvips
+
+from imgworker.render import RenderRequest, VariantStatus, default_options, render
+from tests import images
+
+OPTIONS = default_options()
+
+
+def run(storage: Path, filename: str, ext: str, image_id: int = 1, **kw: object):  # type: ignore[no-untyped-def]
+    return render(storage, RenderRequest(image_id, filename, ext), default_options(**kw) if kw else OPTIONS)
+
+
+def open_out(storage: Path, path: str | None) -> pyvips.Image:
+    assert path is not None
+    image = pyvips.Image.new_from_file(str(storage / path), fail_on="error")
+    image.avg()  # full decode
+    return image
+
+
+def test_big_jpeg_gets_all_three_variants_from_its_stored_name(storage: Path) -> None:
+    name = images.jpeg(storage, "2025-12-01-123.jpeg", 3000, 2000)
+    result = run(storage, *name)
+    assert result.ok, result.error
+    large, medium, thumb = (result.outputs[v] for v in ("large", "medium", "thumb"))
+    assert (large.path, medium.path, thumb.path) == (
+        "large/2025-12-01-123.jpeg",
+        "medium/2025-12-01-123.jpeg",
+        "thumbs/2025-12-01-123.webp",
+    )
+    assert (large.width, large.height) == (2048, 1365)
+    assert (medium.width, medium.height) == (1280, 853)
+    assert (thumb.width, thumb.height) == (500, 333)
+    for out in (large, medium, thumb):
+        assert out.status is VariantStatus.READY
+        decoded = open_out(storage, out.path)
+        assert (decoded.width, decoded.height) == (out.width, out.height)
+        assert (storage / out.path).stat().st_size == out.bytes
+    assert open_out(storage, large.path).get("vips-loader").startswith("jpegload")
+    assert open_out(storage, thumb.path).get("vips-loader").startswith("webpload")
+
+
+def test_mid_size_original_gets_medium_but_not_large(storage: Path) -> None:
+    result = run(storage, *images.jpeg(storage, "mid.jpg", 1600, 1200))
+    assert result.outputs["large"].status is VariantStatus.NONE
+    assert result.outputs["medium"].status is VariantStatus.READY
+    assert not (storage / "large" / "mid.jpg").exists()
+
+
+def test_small_original_gets_thumb_only_and_is_never_upscaled(storage: Path) -> None:
+    result = run(storage, *images.jpeg(storage, "small.jpg", 300, 200))
+    assert result.ok
+    assert result.outputs["medium"].status is VariantStatus.NONE
+    assert result.outputs["large"].status is VariantStatus.NONE
+    thumb = result.outputs["thumb"]
+    assert (thumb.width, thumb.height) == (300, 200)
+    assert sorted(p.name for p in (storage / "thumbs").iterdir()) == ["small.webp"]
+
+
+def test_variant_not_smaller_than_original_is_not_kept(storage: Path) -> None:
+    # A q30 original barely over the medium edge: its q90 rendition is bigger than it.
+    name = images.write(storage, "flat.jpg", images.pattern(1300, 1300), Q=30)
+    result = run(storage, *name)
+    assert result.ok
+    assert result.outputs["medium"].status is VariantStatus.NONE
+    assert not (storage / "medium" / "flat.jpg").exists()
+    assert result.outputs["thumb"].status is VariantStatus.READY
+
+
+def test_alpha_kept_in_webp_thumb_and_flattened_onto_white_for_jpeg_targets(storage: Path) -> None:
+    rgba = images.pattern(1400, 1000, bands=3).bandjoin(
+        (pyvips.Image.black(1400, 1000) + 0).cast("uchar")  # fully transparent
+    )
+    png = images.write(storage, "alpha.png", rgba)
+    result = run(storage, *png)
+    assert result.ok
+    thumb = open_out(storage, result.outputs["thumb"].path)
+    assert thumb.hasalpha()
+    medium = open_out(storage, result.outputs["medium"].path)  # PNG medium keeps alpha too
+    assert medium.hasalpha()
+
+    # The same pixels stored as a JPEG-target: a .jpg name holding a PNG body.
+    jpg_named = images.write(storage, "alpha-as.png", rgba)
+    (storage / "fullsize" / "alpha-as.png").rename(storage / "fullsize" / "alpha-as.jpg")
+    result = run(storage, jpg_named[0], "jpg")
+    assert result.ok, result.error
+    medium = open_out(storage, result.outputs["medium"].path)
+    assert medium.bands == 3 and not medium.hasalpha()
+    assert medium.avg() > 250  # transparent -> white, not black
+
+
+def test_exif_orientation_is_applied(storage: Path) -> None:
+    image = images.pattern(1600, 800).copy()
+    image.set_type(pyvips.GValue.gint_type, "orientation", 6)  # rotate 90 on display
+    result = run(storage, *images.write(storage, "rotated.jpg", image, Q=90))
+    assert result.ok
+    medium = result.outputs["medium"]
+    assert (medium.width, medium.height) == (640, 1280)
+    decoded = open_out(storage, medium.path)
+    assert decoded.get_typeof("orientation") == 0  # metadata stripped, pixels already upright
+
+
+def test_cmyk_jpeg_becomes_srgb(storage: Path) -> None:
+    cmyk = images.pattern(800, 600, bands=4).copy(interpretation="cmyk")
+    result = run(storage, *images.write(storage, "cmyk.jpg", cmyk, Q=90))
+    assert result.ok, result.error
+    thumb = open_out(storage, result.outputs["thumb"].path)
+    assert thumb.interpretation == "srgb" and thumb.bands == 3
+
+
+def test_sixteen_bit_png_and_grey_are_rendered_as_8_bit(storage: Path) -> None:
+    rgb16 = (images.pattern(700, 500).cast("ushort") * 256).copy(interpretation="rgb16")
+    result = run(storage, *images.write(storage, "deep.png", rgb16))
+    assert result.ok, result.error
+    assert open_out(storage, result.outputs["thumb"].path).format == "uchar"
+    grey = images.pattern(700, 500, bands=1)
+    result = run(storage, *images.write(storage, "grey.jpg", grey, Q=90))
+    assert result.ok, result.error
+
+
+def test_animated_gif_renders_its_first_frame(storage: Path) -> None:
+    frames = [pyvips.Image.black(200, 150, bands=3).linear(1, [v, 0, 0]).cast("uchar") for v in (250, 10, 10)]
+    strip = pyvips.Image.arrayjoin(frames, across=1).copy(interpretation="srgb")
+    strip.set_type(pyvips.GValue.gint_type, "page-height", 150)
+    result = run(storage, *images.write(storage, "anim.gif", strip))
+    assert result.ok, result.error
+    thumb = open_out(storage, result.outputs["thumb"].path)
+    assert (thumb.width, thumb.height) == (200, 150)
+    assert thumb[0].avg() > 200  # red first frame, not the dark ones after it
+
+
+def test_metadata_is_stripped(storage: Path) -> None:
+    image = images.pattern(1500, 1000).copy()
+    image.set_type(pyvips.GValue.gstr_type, "exif-ifd0-Artist", "someone")
+    result = run(storage, *images.write(storage, "meta.jpg", image, Q=90))
+    medium = open_out(storage, result.outputs["medium"].path)
+    assert medium.get_typeof("exif-data") == 0
+
+
+def test_settings_change_sizes_and_formats(storage: Path) -> None:
+    result = run(
+        storage,
+        *images.jpeg(storage, "s.jpg", 1000, 1000),
+        thumb_size=150,
+        thumb_format="jpeg",
+        medium_edge=800,
+    )
+    assert result.outputs["thumb"].path == "thumbs/s.jpg"
+    assert result.outputs["thumb"].width == 150
+    assert result.outputs["medium"].width == 800
+
+
+def test_pixel_cap_refuses_from_the_header(storage: Path) -> None:
+    name = images.jpeg(storage, "big.jpg", 2000, 2000)
+    result = run(storage, *name, max_pixels=1_000_000)
+    assert not result.ok and result.permanent
+    assert result.error_type == "TooManyPixelsError"
+    assert not (storage / "thumbs").exists() or not any((storage / "thumbs").iterdir())
+
+
+def test_truncated_jpeg_is_a_permanent_error_not_a_grey_thumbnail(storage: Path) -> None:
+    name = images.jpeg(storage, "cut.jpg", 1200, 900)
+    path = storage / "fullsize" / "cut.jpg"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = run(storage, *name)
+    assert not result.ok and result.permanent
+    assert result.error_type == "UnsupportedImageError"
+    assert not (storage / "thumbs" / "cut.webp").exists()
+
+
+def test_missing_original_and_non_image(storage: Path) -> None:
+    result = run(storage, "nope", "jpg")
+    assert (result.ok, result.error_type, result.permanent) == (False, "MissingOriginalError", True)
+    (storage / "fullsize" / "text.jpg").write_text("hello")
+    result = run(storage, "text", "jpg")
+    assert (result.ok, result.error_type) == (False, "UnsupportedImageError")
+
+
+@pytest.mark.parametrize("filename", ["../escape", "/etc/passwd", "a\x00b", ".hidden", "a/b"])
+def test_names_that_leave_the_root_are_refused(storage: Path, filename: str) -> None:
+    result = run(storage, filename, "jpg")
+    assert (result.ok, result.error_type) == (False, "UnsafePathError")
+
+
+def test_symlink_out_of_the_root_is_refused(storage: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jpg"
+    images.jpeg(tmp_path, "x.jpg", 100, 100)
+    (tmp_path / "fullsize" / "x.jpg").rename(outside)
+    (storage / "fullsize" / "link.jpg").symlink_to(outside)
+    result = run(storage, "link", "jpg")
+    assert (result.ok, result.error_type) == (False, "UnsafePathError")
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(storage: Path) -> None:
+    for i in range(3):
+        images.jpeg(storage, f"a{i}.jpg", 2500, 1500)
+        assert run(storage, f"a{i}", "jpg").ok
+    leftovers = [p for p in storage.rglob(".*") if p.is_file()]
+    assert leftovers == []
