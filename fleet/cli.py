@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -26,25 +27,48 @@ log = get_logger("fleet.cli")
 Command = Callable[[argparse.Namespace], int]
 
 
-def run_worker(kind: str, *, burst: bool = False) -> int:
-    """Run one worker kind in the foreground until SIGINT/SIGTERM."""
+LIGHT = ("iqdb", "db")
+
+
+async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False) -> None:
+    """Run workers in this event loop until SIGINT/SIGTERM (or, with ``burst``, until empty).
+
+    Signals are handled here, once, and passed to every worker: arq installs one handler
+    per worker otherwise, and the last one installed would be the only one to stop."""
+    workers = [Worker(**kwargs, burst=burst, handle_signals=False) for kwargs in worker_kwargs]
+
+    def stop(signum: signal.Signals) -> None:
+        for worker in workers:
+            worker.handle_sig(signum)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        await asyncio.gather(*(w.async_run() for w in workers))
+    except asyncio.CancelledError:
+        pass  # a signal stopped the workers
+    finally:
+        await asyncio.gather(*(w.close() for w in workers))
+
+
+def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
+    """Run one or more worker kinds in one process (``light`` means iqdb and db)."""
     import uvloop
 
-    settings = get_settings()
-    configure_logging(settings)
-    with embedded_defaults(settings) as settings:
-        if get_settings().redis_url is None:
+    kinds = [k for kind in kinds for k in (LIGHT if kind == "light" else (kind,))]
+    configured = get_settings()
+    configure_logging(configured)
+    with embedded_defaults(configured) as settings:
+        if configured.redis_url is None:
             log.warning("no REDIS_URL: serving a private redis-server", redis_url=settings.redis_url)
-        factory = import_string(WORKERS[kind])
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        worker = Worker(**factory(settings), burst=burst)
-        worker.run()
+        worker_kwargs = [import_string(WORKERS[kind])(settings) for kind in kinds]
+        uvloop.run(serve(worker_kwargs, burst=burst))
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    return run_worker(args.kind, burst=args.burst)
+    return run_workers(args.kinds, burst=args.burst)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -58,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a worker (see README for its settings)")
-    worker.add_argument("kind", choices=sorted(WORKERS))
+    worker.add_argument(
+        "kinds",
+        nargs="+",
+        choices=[*sorted(WORKERS), "light"],
+        metavar="KIND",
+        help=f"one or more of {', '.join(sorted(WORKERS))}; light = iqdb db",
+    )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_cmd_worker)
 

@@ -7,6 +7,7 @@ queue a job name no worker registers. Any failure to queue raises :class:`Enqueu
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -16,9 +17,23 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 from redis.exceptions import RedisError
 
+from fleet import coalesce
 from fleet.connections import open_pool
 from fleet.errors import EnqueueError
-from fleet.registry import RENDER_UPLOAD, JobSpec, P, RenderUpload, queue_key
+from fleet.registry import (
+    DELETE_FROM_IQDB,
+    INDEX_IQDB,
+    RECALCULATE_RATING,
+    RENDER_UPLOAD,
+    WRITE_VARIANT_FLAGS,
+    ImageRef,
+    IqdbIndex,
+    JobSpec,
+    P,
+    RenderUpload,
+    VariantFlags,
+    queue_key,
+)
 from fleet.settings import Settings, get_settings
 
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
@@ -55,6 +70,21 @@ class FleetClient:
         """Render thumbnail (and medium/large when the original is big enough) for an upload."""
         return await self.enqueue(RENDER_UPLOAD, RenderUpload(image_id=image_id, filename=filename, ext=ext))
 
+    async def recalculate_rating(self, image_id: int) -> Job | None:
+        """Recompute an image's rating after a vote. Coalesced: returns None when a
+        recalculation of this image is already waiting (it will see this vote)."""
+        return await self.enqueue_coalesced(RECALCULATE_RATING, ImageRef(image_id))
+
+    async def write_variant_flags(self, image_id: int, medium: int, large: int) -> Job:
+        return await self.enqueue(WRITE_VARIANT_FLAGS, VariantFlags(image_id, medium, large))
+
+    async def index_iqdb(self, image_id: int, path: str) -> Job:
+        """Index the JPEG at ``path`` (relative to the storage root) in IQDB."""
+        return await self.enqueue(INDEX_IQDB, IqdbIndex(image_id, path))
+
+    async def delete_from_iqdb(self, image_id: int) -> Job:
+        return await self.enqueue(DELETE_FROM_IQDB, ImageRef(image_id))
+
     # --- the one way to queue -----------------------------------------------------------
 
     async def enqueue(
@@ -75,6 +105,27 @@ class FleetClient:
         if job is None:
             raise EnqueueError(f"{spec.name}: a job with id {job_id!r} is already queued or running")
         return job
+
+    async def enqueue_coalesced(self, spec: JobSpec[P], payload: P) -> Job | None:
+        """Queue unless an identical job is already waiting (see :mod:`fleet.coalesce`)."""
+        if not spec.coalesce:
+            raise TypeError(f"{spec.name} is not a coalesced job")
+        job_id = uuid.uuid4().hex
+        queue_name = queue_key(self.settings.namespace, spec.queue)
+        try:
+            queued = await coalesce.enqueue_once(
+                self.redis,
+                spec.coalesce_key(self.settings.namespace, payload),
+                queue_name,
+                job_id,
+                spec.name,
+                spec.encode(payload),
+            )
+        except _REDIS_FAILURES as exc:
+            raise EnqueueError(f"could not queue {spec.name} on {_safe_url(self.settings)}: {exc}") from exc
+        if not queued:
+            return None
+        return Job(job_id, self.redis, _queue_name=queue_name, _deserializer=self.redis.job_deserializer)
 
 
 def _safe_url(settings: Settings) -> str:

@@ -49,6 +49,14 @@ class JobSpec(Generic[P]):
     name: str
     queue: Queue
     payload: type[P]
+    coalesce: bool = False
+    """At most one queued job per payload: enqueueing an identical one while it waits is a
+    no-op. The job releases its slot when it starts, so work arriving while it runs queues
+    one more."""
+
+    def coalesce_key(self, namespace: str, payload: P) -> str:
+        values = ":".join(str(v) for v in dataclasses.asdict(payload).values())
+        return f"{namespace}:pending:{self.name}:{values}"
 
     def encode(self, payload: P) -> dict[str, Any]:
         if not isinstance(payload, self.payload):
@@ -113,11 +121,43 @@ class RenderUpload:
     ext: str
 
 
+@dataclass(frozen=True, slots=True)
+class VariantFlags:
+    """``images.medium`` / ``images.large`` as a render found them (0 NONE, 1 READY)."""
+
+    image_id: int
+    medium: int
+    large: int
+
+
+@dataclass(frozen=True, slots=True)
+class IqdbIndex:
+    """Index the JPEG rendition at ``path`` (relative to the storage root) under ``image_id``."""
+
+    image_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    image_id: int
+
+
 # --- jobs ---------------------------------------------------------------------------------
 
 RENDER_UPLOAD: JobSpec[RenderUpload] = JobSpec("render_upload", Queue.IMG, RenderUpload)
+WRITE_VARIANT_FLAGS: JobSpec[VariantFlags] = JobSpec("write_variant_flags", Queue.DB, VariantFlags)
+RECALCULATE_RATING: JobSpec[ImageRef] = JobSpec("recalculate_rating", Queue.DB, ImageRef, coalesce=True)
+INDEX_IQDB: JobSpec[IqdbIndex] = JobSpec("index_iqdb", Queue.IQDB, IqdbIndex)
+DELETE_FROM_IQDB: JobSpec[ImageRef] = JobSpec("delete_from_iqdb", Queue.IQDB, ImageRef)
 
-ALL_JOBS: tuple[JobSpec[Any], ...] = (RENDER_UPLOAD,)
+ALL_JOBS: tuple[JobSpec[Any], ...] = (
+    RENDER_UPLOAD,
+    WRITE_VARIANT_FLAGS,
+    RECALCULATE_RATING,
+    INDEX_IQDB,
+    DELETE_FROM_IQDB,
+)
 
 
 def jobs_of(queue: Queue) -> tuple[JobSpec[Any], ...]:
@@ -129,4 +169,6 @@ def jobs_of(queue: Queue) -> tuple[JobSpec[Any], ...]:
 # has ``WorkerSettings`` (built from the environment) for the stock ``arq`` CLI.
 WORKERS: dict[str, str] = {
     "img": "imgworker.worker.worker_settings",
+    "iqdb": "ratingworker.worker.iqdb_worker_settings",
+    "db": "ratingworker.worker.db_worker_settings",
 }

@@ -48,8 +48,19 @@ class Settings:
     """Concurrent jobs per img worker; 0 means twice the pool size, so the pool never idles."""
     render_timeout_s: float = 120.0
 
+    # The light workers (IQDB and database).
+    light_max_jobs: int = 20
+    """Concurrent jobs per IQDB or database worker (they wait on I/O, not CPU)."""
+    iqdb_timeout_s: float = 10.0
+    rating_prior_ttl_s: int = 300
+    """How long the global rating prior (C, m) is cached in Redis."""
+    review_every_s: int = 3600
+    """How often the review-deadline cron runs (a divisor of a minute, hour or day)."""
+    review_quorum: int = 3
+    review_extension_days: int = 3
+
     # Queue behaviour, shared by all workers.
-    poll_delay_s: float = 0.05
+    poll_delay_s: float = 0.02
     """arq polls this often; at the 0.5 s default a busy queue is capped at max_jobs/0.5 jobs/s."""
     keep_result_s: int = 3600
     max_tries: int = 8

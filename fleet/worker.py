@@ -15,7 +15,8 @@ from typing import Any, Generic
 
 from arq.worker import Function, Retry, func
 
-from fleet import serializer
+from fleet import coalesce, serializer
+from fleet.client import FleetClient
 from fleet.connections import redis_settings
 from fleet.errors import PermanentError, RegistryError, TransientError
 from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
@@ -53,6 +54,10 @@ def _adapt(handler: Handler[Any], settings: Settings) -> Function:
 
     async def run_job(ctx: Context, data: Any = None) -> Any:
         payload = spec.decode(data)
+        if spec.coalesce:
+            await coalesce.release(
+                ctx["redis"], spec.coalesce_key(settings.namespace, payload), ctx["job_id"]
+            )
         try:
             return await handler.run(ctx, payload)
         except TransientError as exc:
@@ -91,6 +96,7 @@ def build_worker(
 
     async def startup(ctx: Context) -> None:
         ctx["settings"] = settings
+        ctx["fleet"] = FleetClient(ctx["redis"], settings)  # for jobs that queue follow-up jobs
         if on_startup is not None:
             await on_startup(ctx)
 

@@ -16,4 +16,5 @@ def render_options(settings: Settings) -> RenderOptions:
         large_edge=settings.large_edge,
         variant_quality=settings.variant_quality,
         max_pixels=settings.max_pixels,
+        iqdb=settings.iqdb_url is not None,
     )

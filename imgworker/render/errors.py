@@ -9,10 +9,6 @@ class RenderError(Exception):
     permanent = True
 
 
-class UnsafePathError(RenderError):
-    """A stored name that would lead outside the storage root."""
-
-
 class MissingOriginalError(RenderError):
     pass
 

@@ -51,15 +51,18 @@ def default_options(
     large_edge: int = 2048,
     variant_quality: int = 90,
     max_pixels: int = 100_000_000,
+    iqdb: bool = False,
 ) -> RenderOptions:
-    return RenderOptions(
-        variants=(
-            Variant("large", "large", large_edge, variant_quality),
-            Variant("medium", "medium", medium_edge, variant_quality),
-            Variant("thumb", "thumbs", thumb_size, thumb_quality, thumb_format, thumb_sharpen, always=True),
-        ),
-        max_pixels=max_pixels,
-    )
+    """The board's variants; ``iqdb`` adds ``iqdb/{filename}.jpg``, the thumbnail's pixels as
+    JPEG, because danbooru/iqdb decodes JPEG only (and the light workers carry no libvips)."""
+    variants = [
+        Variant("large", "large", large_edge, variant_quality),
+        Variant("medium", "medium", medium_edge, variant_quality),
+        Variant("thumb", "thumbs", thumb_size, thumb_quality, thumb_format, thumb_sharpen, always=True),
+    ]
+    if iqdb:
+        variants.append(Variant("iqdb", "iqdb", thumb_size, 90, "jpeg", always=True))
+    return RenderOptions(variants=tuple(variants), max_pixels=max_pixels)
 
 
 @dataclass(frozen=True, slots=True)

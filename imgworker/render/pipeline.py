@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyvips
 
+from fleet.paths import UnsafePathError
 from imgworker.render import steps, storage
 from imgworker.render.errors import RenderError, UnsupportedImageError
 from imgworker.render.options import (
@@ -30,8 +31,8 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
         outputs = _render(root, request, options)
-    except RenderError as exc:
-        error: RenderError = exc
+    except (RenderError, UnsafePathError) as exc:
+        error: Exception = exc
     except pyvips.Error as exc:
         # Pixel data is decoded lazily, so a corrupt body surfaces here, not at inspect().
         error = UnsupportedImageError(f"cannot decode {file}: {steps._vips_message(exc)}")
@@ -43,7 +44,7 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
         False,
         error=str(error),
         error_type=type(error).__name__,
-        permanent=error.permanent,
+        permanent=getattr(error, "permanent", True),
         seconds=time.perf_counter() - started,
     )
 

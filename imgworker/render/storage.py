@@ -8,37 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import time
 from pathlib import Path
 
-from imgworker.render.errors import MissingOriginalError, StorageError, UnsafePathError
+from fleet.paths import check_name, inside
+from imgworker.render.errors import MissingOriginalError, StorageError
 
 ORIGINALS = "fullsize"
-_EXT = re.compile(r"^[A-Za-z0-9]{1,10}$")
-
-
-def check_name(filename: str, ext: str) -> None:
-    """Refuse names that could address anything but one file in one folder."""
-    if not filename or "\x00" in filename or "/" in filename or "\\" in filename:
-        raise UnsafePathError(f"unsafe stored name {filename!r}")
-    if filename in {".", ".."} or filename.startswith("."):
-        raise UnsafePathError(f"unsafe stored name {filename!r}")
-    if not _EXT.match(ext):
-        raise UnsafePathError(f"unsafe extension {ext!r}")
-
-
-def _inside(root: Path, path: Path) -> Path:
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise UnsafePathError(f"{path} resolves outside the storage root")
-    return resolved
 
 
 def original_path(root: Path, filename: str, ext: str) -> Path:
     check_name(filename, ext)
-    path = _inside(root, root / ORIGINALS / f"{filename}.{ext}")
+    path = inside(root, root / ORIGINALS / f"{filename}.{ext}")
     if not path.is_file():
         raise MissingOriginalError(f"original {ORIGINALS}/{filename}.{ext} does not exist")
     return path
@@ -51,7 +33,7 @@ def output_path(root: Path, folder: str, filename: str, ext: str) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create {directory}: {exc}") from exc
-    return _inside(root, directory) / f"{filename}.{ext}"
+    return inside(root, directory) / f"{filename}.{ext}"
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,102 @@
+"""Job functions of the light queues: thin adapters from payloads to ``database`` and ``iqdb``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleet.errors import PermanentError
+from fleet.paths import UnsafePathError, stored_file
+from fleet.registry import (
+    DELETE_FROM_IQDB,
+    INDEX_IQDB,
+    RECALCULATE_RATING,
+    WRITE_VARIANT_FLAGS,
+    ImageRef,
+    IqdbIndex,
+    VariantFlags,
+)
+from fleet.settings import Settings
+from fleet.worker import Context, handles
+from ratingworker import database
+from ratingworker.iqdb import IqdbClient
+
+log = logging.getLogger("ratingworker.jobs")
+
+
+@handles(WRITE_VARIANT_FLAGS)
+async def write_variant_flags(ctx: Context, payload: VariantFlags) -> None:
+    await database.write_variant_flags(ctx["db"], payload.image_id, payload.medium, payload.large)
+
+
+@handles(RECALCULATE_RATING)
+async def recalculate_rating(ctx: Context, payload: ImageRef) -> None:
+    prior = await cached_prior(ctx)
+    await database.recalculate_rating(ctx["db"], payload.image_id, prior)
+
+
+async def cached_prior(ctx: Context) -> database.Prior:
+    """The global prior, computed at most once per RATING_PRIOR_TTL_S across all replicas."""
+    settings: Settings = ctx["settings"]
+    key = f"{settings.namespace}:rating:prior"
+    cached = await ctx["redis"].get(key)
+    if cached is not None:
+        weight, mean = json.loads(cached)
+        return database.Prior(weight, mean)
+    prior = await database.global_prior(ctx["db"])
+    await ctx["redis"].set(key, json.dumps([prior.weight, prior.mean]), ex=settings.rating_prior_ttl_s)
+    return prior
+
+
+def _iqdb(ctx: Context) -> IqdbClient | None:
+    client: IqdbClient | None = ctx.get("iqdb")
+    return client
+
+
+@handles(INDEX_IQDB)
+async def index_iqdb(ctx: Context, payload: IqdbIndex) -> dict[str, Any]:
+    iqdb = _iqdb(ctx)
+    if iqdb is None:
+        return {"skipped": "IQDB_URL not set"}
+    settings: Settings = ctx["settings"]
+    try:
+        path = stored_file(settings.storage_path, payload.path)
+        jpeg = await asyncio.to_thread(path.read_bytes)
+    except UnsafePathError as exc:
+        raise PermanentError(str(exc), kind="UnsafePathError") from exc
+    except FileNotFoundError as exc:
+        raise PermanentError(f"{payload.path} does not exist", kind="MissingThumbnail") from exc
+    digest = await iqdb.add(payload.image_id, jpeg)
+    await database.store_iqdb_hash(ctx["db"], payload.image_id, digest)
+    return {"image_id": payload.image_id, "hash_chars": len(digest)}
+
+
+@handles(DELETE_FROM_IQDB)
+async def delete_from_iqdb(ctx: Context, payload: ImageRef) -> dict[str, Any]:
+    iqdb = _iqdb(ctx)
+    if iqdb is None:
+        return {"skipped": "IQDB_URL not set"}
+    existed = await iqdb.delete(payload.image_id)
+    await database.store_iqdb_hash(ctx["db"], payload.image_id, None)
+    return {"image_id": payload.image_id, "existed": existed}
+
+
+async def close_expired_reviews(ctx: Context) -> dict[str, int]:
+    """Cron: settle reviews past their deadline."""
+    settings: Settings = ctx["settings"]
+    run = await database.close_expired_reviews(
+        ctx["db"],
+        datetime.now(),
+        settings.review_quorum,
+        timedelta(days=settings.review_extension_days),
+    )
+    log.info("reviews settled: %s", run)
+    return {
+        "closed_keep": run.closed_keep,
+        "closed_remove": run.closed_remove,
+        "extended": run.extended,
+        "errors": run.errors,
+    }
