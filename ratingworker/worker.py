@@ -72,12 +72,14 @@ def db_worker_settings(settings: Settings) -> dict[str, Any]:
         max_jobs=settings.light_max_jobs,
         job_timeout_s=60,
     )
-    # unique: each replica offers the run for a slot under the same job id, so it runs once.
+    # unique: each replica offers the run for a slot under the same job id, so it runs once;
+    # the kept result holds that id, so a replica that comes late to a slot cannot rerun it.
     kwargs["cron_jobs"] = [
         cron(
             jobs.close_expired_reviews,
             name=f"{settings.namespace}:close_expired_reviews",
             unique=True,
+            keep_result=max(settings.keep_result_s, 2 * settings.review_every_s),
             **review_schedule(settings.review_every_s),
         )
     ]

@@ -83,19 +83,22 @@ async def client(settings: Settings) -> AsyncIterator[FleetClient]:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(worker_kwargs: dict[str, Any]) -> AsyncIterator[Any]:
-    """An arq worker in this event loop (its renders still run in the process pool)."""
+async def running_worker(*worker_kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    """arq workers in this event loop (renders still run in the img worker's process pool).
+
+    Yields the worker, or a list of them when given several."""
     from arq.worker import Worker
 
-    worker = Worker(**worker_kwargs, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
+    workers = [Worker(**kwargs, handle_signals=False) for kwargs in worker_kwargs]
+    tasks = [asyncio.create_task(w.async_run()) for w in workers]
     try:
-        yield worker
+        yield workers[0] if len(workers) == 1 else workers
     finally:
-        await worker.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for worker, task in zip(workers, tasks, strict=True):
+            await worker.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @pytest.fixture
@@ -111,3 +114,40 @@ def mysql_url() -> str:
     except OSError as exc:
         unavailable(f"MariaDB at {parsed.hostname}:{parsed.port} unreachable: {exc}")
     return url
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty board database with fleet's tables: SQLite, and MariaDB per run."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from fleet.db import create_engine, create_schema
+
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
+        server = None
+    else:
+        server_url = request.getfixturevalue("mysql_url")
+        name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+        server = create_async_engine(server_url)
+        async with server.begin() as conn:
+            await conn.execute(text(f"CREATE DATABASE `{name}`"))
+        url = f"{server_url.rstrip('/')}/{name}"
+    engine = create_engine(Settings(database_url=url))
+    await create_schema(engine)
+    await engine.dispose()
+    yield url
+    if server is not None:
+        async with server.begin() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await server.dispose()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Any]:
+    from fleet.db import create_engine
+
+    engine = create_engine(Settings(database_url=database_url))
+    yield engine
+    await engine.dispose()

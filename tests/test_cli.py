@@ -41,6 +41,8 @@ def test_demo_renders_every_generated_upload() -> None:
     assert summary["images"] == 16
     assert (summary["rendered"], summary["failed"]) == (16, 0)
     assert summary["renders_per_s"] > 0 and summary["seconds"] > 0
+    assert summary["flags_written"] == 16
+    assert summary["ratings_recalculated"] == summary["images_voted"] > 0
 
 
 def test_embedded_redis_starts_and_stops() -> None:
