@@ -100,3 +100,21 @@ async def test_worker_process_and_stock_arq_cli_health_check(settings: Settings,
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+async def test_lifespan_helper_opens_one_client_and_closes_it(settings: Settings) -> None:
+    from types import SimpleNamespace
+
+    from fleet.client import lifespan
+
+    app = SimpleNamespace(state=SimpleNamespace())
+    async with lifespan(settings)(app) as state:
+        client = app.state.fleet
+        assert state == {"fleet": client}
+        job = await client.render_upload(1, "a", "jpg")
+        assert await client.redis.zscore(queue_key(settings.namespace, Queue.IMG), job.job_id) is not None
+        connection_id = await client.redis.client_id()
+    import redis
+
+    observer = redis.Redis.from_url(settings.redis_url or "")
+    assert observer.execute_command("CLIENT", "LIST", "ID", connection_id) == b""  # closed at shutdown
