@@ -11,14 +11,19 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from importlib.metadata import entry_points
 from typing import Any
 
 from arq.utils import import_string
 from arq.worker import Worker
 
+from fleet.client import FleetClient
+from fleet.deadletters import DeadLetters
+from fleet.deadletters import retry as retry_letter
+from fleet.errors import FleetError
 from fleet.logging import configure_logging, get_logger
-from fleet.registry import WORKERS
+from fleet.registry import WORKERS, Queue
 from fleet.services import embedded_defaults
 from fleet.settings import get_settings
 
@@ -71,6 +76,54 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_workers(args.kinds, burst=args.burst)
 
 
+async def _dead(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    async with await FleetClient.connect(settings) as client:
+        letters = DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s)
+        if args.action == "list":
+            found = await letters.list(args.queue)
+            for letter in found:
+                if args.json:
+                    print(letter.to_json())
+                else:
+                    when = datetime.fromtimestamp(letter.failed_at).isoformat(timespec="seconds")
+                    print(
+                        f"{letter.job_id}  {letter.queue:8} {letter.function}  tries={letter.tries}  {when}"
+                    )
+                    print(f"    {letter.error_type}: {letter.message}")
+            if not args.json:
+                print(f"{len(found)} dead letter(s)")
+            return 0
+        if args.action == "purge":
+            print(f"purged {await letters.purge(args.queue)} dead letter(s)")
+            return 0
+        # retry
+        chosen = await letters.list(args.queue) if args.all else []
+        for job_id in args.ids:
+            found_letter = await letters.get(job_id)
+            if found_letter is None:
+                print(f"no dead letter {job_id}", file=sys.stderr)
+                return 1
+            chosen.append(found_letter)
+        failed = 0
+        for letter in chosen:
+            try:
+                job = await retry_letter(letters, letter, client)
+            except FleetError as exc:
+                print(f"cannot retry {letter.job_id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"{letter.job_id} -> queued again as {job.job_id}")
+        return 1 if failed else 0
+
+
+def _cmd_dead(args: argparse.Namespace) -> int:
+    if args.action == "retry" and not (args.ids or args.all):
+        print("fleet dead retry: give job ids or --all", file=sys.stderr)
+        return 2
+    return asyncio.run(_dead(args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fleet.demo import main as demo_main
 
@@ -91,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_cmd_worker)
+
+    dead = sub.add_parser("dead", help="list, retry or purge dead letters (jobs that failed for good)")
+    dead.add_argument("action", choices=["list", "retry", "purge"])
+    dead.add_argument("ids", nargs="*", metavar="ID", help="job ids to retry")
+    dead.add_argument("--queue", choices=[q.value for q in Queue])
+    dead.add_argument("--all", action="store_true", help="retry every dead letter (of --queue)")
+    dead.add_argument("--json", action="store_true", help="list as JSON lines")
+    dead.set_defaults(run=_cmd_dead)
 
     demo = sub.add_parser("demo", help="render a generated sample archive end to end on embedded services")
     demo.add_argument("--images", type=int, default=200)

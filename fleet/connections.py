@@ -1,22 +1,49 @@
-"""Redis connections for clients and workers, configured once from :class:`Settings`."""
+"""Redis connections for clients and workers, configured once from :class:`Settings`.
+
+Clients fail fast (an API must answer 503 within seconds when Redis is down); workers are
+patient (a Redis restart must not kill a worker fleet): same URL, two retry policies.
+"""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlparse
+
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
 
 from fleet import serializer
 from fleet.settings import Settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings; ``rediss://`` means TLS and ``user:password@`` is honoured."""
-    rs = RedisSettings.from_dsn(settings.redis_url or DEFAULT_REDIS_URL)
-    # Fail fast: a caller enqueueing an upload must learn within seconds that Redis is down.
+    """arq's connection settings for a client.
+
+    ``rediss://`` means TLS; ``?ssl_ca_certs=/path`` (and ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured."""
+    url = settings.redis_url or DEFAULT_REDIS_URL
+    rs = RedisSettings.from_dsn(url)
+    query = parse_qs(urlparse(url).query)
+    for option in _TLS_OPTIONS:
+        if option in query:
+            setattr(rs, option, query[option][0])
     rs.conn_timeout = 2
     rs.conn_retries = 2
     rs.conn_retry_delay = 1
+    return rs
+
+
+def worker_redis_settings(settings: Settings) -> RedisSettings:
+    """A worker's: every command retried with backoff for about a minute, so workers ride
+    out a Redis restart or failover and carry on where they were."""
+    rs = redis_settings(settings)
+    rs.conn_retries = 30
+    rs.retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=20)
+    rs.retry_on_error = [ConnectionError, TimeoutError, ConnectionRefusedError, OSError]
     return rs
 
 

@@ -1,8 +1,10 @@
 """The exceptions fleet raises, and the two classes every job failure falls into.
 
-A job ends done, retried later (``TransientError``), or failed for good (``PermanentError``).
-Both derive from ``JobError`` and *not* from arq's ``Retry``, and the queue layer turns them
-into arq outcomes, so job code never needs (and never has) a broad ``except``.
+A job ends done, retried later (``TransientError``), or dead-lettered (``PermanentError``).
+Both derive from ``JobError``, a ``BaseException`` like ``asyncio.CancelledError``, so a
+broad ``except Exception`` in job code cannot swallow a retry signal (the design this
+replaces lost every IQDB retry that way). Only the queue layer (``fleet.worker``) catches
+them, and turns them into arq outcomes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class JobFailedError(FleetError):
         self.message = message
 
 
-class JobError(Exception):
+class JobError(BaseException):
     """Raised inside a job to say how it failed.
 
     ``kind`` names the cause (e.g. ``TooManyPixelsError``) for dead letters and results;

@@ -47,6 +47,9 @@ class Settings:
     img_max_jobs: int = 0
     """Concurrent jobs per img worker; 0 means twice the pool size, so the pool never idles."""
     render_timeout_s: float = 120.0
+    """A render running longer is stopped: its process is killed."""
+    render_recycle_after: int = 500
+    """Renders per process before it is replaced, so memory stays flat."""
 
     # The light workers (IQDB and database).
     light_max_jobs: int = 20
@@ -65,6 +68,14 @@ class Settings:
     keep_result_s: int = 3600
     max_tries: int = 8
     """Tries of a job failing transiently before it is given up."""
+    dead_letter_ttl_s: int = 7 * 24 * 3600
+    """How long dead letters are kept."""
+    lock_ttl_s: float = 10.0
+    """A running job's lock lives this long unless its worker renews it (every third of it):
+    a SIGKILLed worker's jobs run again elsewhere after about this long."""
+    drain_grace_s: int = 30
+    """On SIGTERM a worker takes no new jobs and gives running ones this long to finish;
+    the rest are cancelled and go back to the queue."""
     retry_base_s: float = 1.0
     retry_cap_s: float = 300.0
     """Backoff before try n is a random time in [0, min(cap, base * 2**(n-1))] (full jitter)."""

@@ -1,29 +1,48 @@
-"""The queue layer both worker kinds are built from: registration, retry policy, arq settings.
+"""The queue layer both worker kinds are built from: registration, the failure model, locks.
 
-Job code raises :class:`PermanentError` or :class:`TransientError` and nothing else catches
-them: the adapter made here is the one place that turns them into arq outcomes. Since arq's
-``Retry`` is raised *by this adapter*, after the job's own code has finished, no ``except``
-inside a job can swallow it.
+Every job ends one of three ways, decided here and nowhere else:
+
+- done: the handler returned;
+- retried later: it raised :class:`TransientError` or ran past its timeout, with full-jitter
+  exponential backoff, up to MAX_TRIES;
+- dead-lettered with a reason: it raised :class:`PermanentError`, exhausted its tries, raised
+  anything unexpected, or arrived as a payload no handler accepts (unknown function, not
+  JSON, wrong fields).
+
+Job code raises and never catches these (they are ``BaseException``\\ s); arq's ``Retry`` is
+raised by this adapter after the job's code has ended, so nothing in a job can swallow it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic
 
+from arq.constants import in_progress_key_prefix
+from arq.cron import CronJob
 from arq.worker import Function, Retry, func
 
 from fleet import coalesce, serializer
 from fleet.client import FleetClient
-from fleet.connections import redis_settings
-from fleet.errors import PermanentError, RegistryError, TransientError
+from fleet.connections import worker_redis_settings
+from fleet.deadletters import DeadLetter, DeadLetters
+from fleet.errors import JobError, JobFailedError, PermanentError, RegistryError, TransientError
 from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
 from fleet.settings import Settings
 
+log = logging.getLogger("fleet.worker")
+
 Context = dict[str, Any]
 Hook = Callable[[Context], Awaitable[None]]
+
+QUARANTINE = "fleet:quarantine"
+"""The function every unacceptable payload is rerouted to, so it is dead-lettered, never run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,26 +68,129 @@ def backoff_s(job_try: int, settings: Settings) -> float:
     return random.uniform(0, ceiling)
 
 
-def _adapt(handler: Handler[Any], settings: Settings) -> Function:
+async def dead_letter(
+    ctx: Context, function: str, args: list[Any], kind: str, message: str
+) -> JobFailedError:
+    """Record the failure and return the error arq stores as the job's result."""
+    settings: Settings = ctx["settings"]
+    letters = DeadLetters(ctx["redis"], settings.namespace, settings.dead_letter_ttl_s)
+    letter = DeadLetter(
+        job_id=ctx["job_id"],
+        queue=ctx["queue"].value,
+        function=function,
+        args=args,
+        error_type=kind,
+        message=message,
+        tries=int(ctx.get("job_try", 1)),
+        failed_at=time.time(),
+    )
+    await letters.add(letter)
+    log.error("dead letter %s %s(%s): %s: %s", letter.job_id, function, letter.tries, kind, message)
+    return JobFailedError(kind, message)
+
+
+def _adapt(handler: Handler[Any], settings: Settings, timeout_s: float) -> Function:
     spec = handler.spec
 
     async def run_job(ctx: Context, data: Any = None) -> Any:
-        payload = spec.decode(data)
-        if spec.coalesce:
-            await coalesce.release(
-                ctx["redis"], spec.coalesce_key(settings.namespace, payload), ctx["job_id"]
-            )
+        job_try = int(ctx.get("job_try", 1))
         try:
-            return await handler.run(ctx, payload)
-        except TransientError as exc:
-            job_try = int(ctx.get("job_try", 1))
-            if job_try >= settings.max_tries:
-                raise PermanentError(f"gave up after {job_try} tries: {exc}") from exc
-            raise Retry(defer=backoff_s(job_try, settings)) from exc
+            payload = spec.decode(data)
+            if job_try > settings.max_tries:
+                # Only reachable when runs ended without an outcome: the worker was killed
+                # or stopped during each of them.
+                raise PermanentError(
+                    f"gave up after {job_try - 1} tries that never finished", kind="TooManyTries"
+                )
+            if spec.coalesce:
+                key = spec.coalesce_key(settings.namespace, payload)
+                await coalesce.release(ctx["redis"], key, ctx["job_id"])
+            async with asyncio.timeout(timeout_s):
+                return await handler.run(ctx, payload)
+        except TimeoutError:
+            failure: JobError = TransientError(f"ran longer than {timeout_s:g} s", kind="JobTimeout")
+        except JobError as exc:
+            failure = exc
+        except Retry:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not swallowed: dead-lettered below, with its reason
+            failure = PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
+
+        if not failure.permanent and job_try < settings.max_tries:
+            log.warning("%s try %d: %s: %s (will retry)", spec.name, job_try, failure.kind, failure)
+            raise Retry(defer=backoff_s(job_try, settings)) from failure
+        message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
+        raise await dead_letter(ctx, spec.name, [data], failure.kind, message) from failure
 
     run_job.__qualname__ = run_job.__name__ = spec.name
-    # arq's own max_tries must not end a job before our policy does.
-    return func(run_job, name=spec.name, max_tries=settings.max_tries + 1)
+    # arq would fail a job past its own max_tries without us: keep that bound out of reach,
+    # and its timeout behind ours (an arq timeout fails a job for good).
+    return func(run_job, name=spec.name, max_tries=1000, timeout=timeout_s + 10)
+
+
+async def _quarantine(ctx: Context, problem: dict[str, Any]) -> None:
+    raise await dead_letter(ctx, str(problem["function"]), [problem["raw"]], "InvalidJob", problem["reason"])
+
+
+def quarantining_deserializer(known: set[str]) -> Callable[[bytes], dict[str, Any]]:
+    """arq's job deserializer, rerouting payloads no handler accepts to the quarantine job."""
+
+    def deserialize(raw: bytes) -> dict[str, Any]:
+        try:
+            job = serializer.deserialize(raw)
+            reason = None if job.get("f") in known else f"no function {job.get('f')!r} on this queue"
+            function = job.get("f")
+            if reason is None and not isinstance(job.get("a"), list | tuple):
+                reason = "arguments are not a list"
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason, function = f"not a JSON job: {exc}", None
+        if reason is None:
+            return job
+        problem = {"function": function, "raw": raw[:2000].decode(errors="replace"), "reason": reason}
+        return {"f": QUARANTINE, "a": [problem], "k": {}, "t": None, "et": int(time.time() * 1000)}
+
+    return deserialize
+
+
+class LockKeeper:
+    """Short, renewed job locks, so a killed worker's jobs run again within LOCK_TTL_S.
+
+    arq locks a running job for its whole timeout plus 10 s: a SIGKILLed render would wait
+    minutes. Here each lock is cut to LOCK_TTL_S when its job starts and renewed every third
+    of that while the job runs; when the worker dies, renewals stop and the job is free."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_ms = int(ttl_s * 1000)
+        self.running: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_job_start(self, ctx: Context) -> None:
+        self.running.add(ctx["job_id"])
+        await ctx["redis"].pexpire(in_progress_key_prefix + ctx["job_id"], self.ttl_ms)
+
+    async def after_job_end(self, ctx: Context) -> None:
+        self.running.discard(ctx["job_id"])
+
+    def start(self, ctx: Context) -> None:
+        self._task = asyncio.create_task(self._renew(ctx))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _renew(self, ctx: Context) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            if self.running:
+                try:
+                    async with ctx["redis"].pipeline(transaction=False) as pipe:
+                        for job_id in self.running:
+                            pipe.pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
+                        await pipe.execute()
+                except OSError as exc:  # Redis briefly away: the next round tries again
+                    log.warning("could not renew job locks: %s", exc)
 
 
 def build_worker(
@@ -80,6 +202,7 @@ def build_worker(
     on_shutdown: Hook | None = None,
     max_jobs: int = 10,
     job_timeout_s: float = 300,
+    cron_jobs: Sequence[CronJob] = (),
 ) -> dict[str, Any]:
     """arq worker settings for ``queue`` (a dict the stock ``arq`` CLI accepts).
 
@@ -94,30 +217,43 @@ def build_worker(
     if len(given) != len(set(given)):
         raise RegistryError(f"worker for {queue} registers a job twice: {given}")
 
+    locks = LockKeeper(settings.lock_ttl_s)
+
     async def startup(ctx: Context) -> None:
         ctx["settings"] = settings
+        ctx["queue"] = queue
         ctx["fleet"] = FleetClient(ctx["redis"], settings)  # for jobs that queue follow-up jobs
+        locks.start(ctx)
         if on_startup is not None:
             await on_startup(ctx)
 
     async def shutdown(ctx: Context) -> None:
+        await locks.stop()
         if on_shutdown is not None:
             await on_shutdown(ctx)
 
     name = queue_key(settings.namespace, queue)
+    functions = [_adapt(h, settings, job_timeout_s) for h in handlers]
+    functions.append(func(_quarantine, name=QUARANTINE, max_tries=1000))
     return {
-        "functions": [_adapt(h, settings) for h in handlers],
+        "functions": functions,
         "queue_name": name,
         "health_check_key": f"{name}:health-check",
-        "redis_settings": redis_settings(settings),
+        "redis_settings": worker_redis_settings(settings),
         "job_serializer": serializer.serialize,
-        "job_deserializer": serializer.deserialize,
+        "job_deserializer": quarantining_deserializer(
+            {f.name for f in functions} | {c.name for c in cron_jobs}
+        ),
+        "cron_jobs": list(cron_jobs),
         "on_startup": startup,
         "on_shutdown": shutdown,
+        "on_job_start": locks.on_job_start,
+        "after_job_end": locks.after_job_end,
         "max_jobs": max_jobs,
         "poll_delay": settings.poll_delay_s,
-        "job_timeout": job_timeout_s,
+        "job_timeout": job_timeout_s + 10,
         "keep_result": settings.keep_result_s,
-        "max_tries": settings.max_tries + 1,
+        "max_tries": 1000,
         "health_check_interval": 10,
+        "job_completion_wait": settings.drain_grace_s,
     }

@@ -63,7 +63,16 @@ def review_schedule(every_s: int) -> dict[str, Any]:
 
 
 def db_worker_settings(settings: Settings) -> dict[str, Any]:
-    kwargs = build_worker(
+    # unique: each replica offers the run for a slot under the same job id, so it runs once;
+    # the kept result holds that id, so a replica that comes late to a slot cannot rerun it.
+    reviews = cron(
+        jobs.close_expired_reviews,
+        name=f"{settings.namespace}:close_expired_reviews",
+        unique=True,
+        keep_result=max(settings.keep_result_s, 2 * settings.review_every_s),
+        **review_schedule(settings.review_every_s),
+    )
+    return build_worker(
         Queue.DB,
         [jobs.write_variant_flags, jobs.recalculate_rating],
         settings,
@@ -71,19 +80,8 @@ def db_worker_settings(settings: Settings) -> dict[str, Any]:
         on_shutdown=_close_db,
         max_jobs=settings.light_max_jobs,
         job_timeout_s=60,
+        cron_jobs=[reviews],
     )
-    # unique: each replica offers the run for a slot under the same job id, so it runs once;
-    # the kept result holds that id, so a replica that comes late to a slot cannot rerun it.
-    kwargs["cron_jobs"] = [
-        cron(
-            jobs.close_expired_reviews,
-            name=f"{settings.namespace}:close_expired_reviews",
-            unique=True,
-            keep_result=max(settings.keep_result_s, 2 * settings.review_every_s),
-            **review_schedule(settings.review_every_s),
-        )
-    ]
-    return kwargs
 
 
 IqdbWorkerSettings = iqdb_worker_settings(get_settings())

@@ -53,7 +53,7 @@ async def test_transient_failure_is_retried_then_given_up_with_a_reason(settings
         with pytest.raises(JobFailedError, match="gave up after 3 tries") as failure:
             await job.result(timeout=60, poll_delay=0.05)
         info = await job.result_info()
-    assert failure.value.error_type == "PermanentError"
+    assert failure.value.error_type == "StorageError"
     assert info is not None and info.job_try == 3
 
 
