@@ -1,28 +1,39 @@
 """Where renders run. Jobs talk to a :class:`RenderBackend`, so a GPU backend can replace the
 process pool later without touching jobs or queues.
 
-The process pool keeps CPU work off the worker's event loop: libvips holds the GIL only
-briefly, but encode and decode are seconds of CPU per busy second, and a loop doing them
-cannot poll Redis, heartbeat or answer cancellation.
+The process pool keeps CPU work off the worker's event loop: a loop busy decoding cannot poll
+Redis, renew job locks or answer a signal. It is our own small pool rather than
+``ProcessPoolExecutor``, because a fleet needs three things that one cannot do: kill the one
+process whose render ran past its timeout, know which render a dead process was running (so
+only that job fails), and replace processes after N renders so memory stays flat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, render
+
+LOST = ("RenderProcessCrashed", "RenderTimeout")
+"""Error types of renders whose process died or was killed: the input may be to blame."""
 
 
 class RenderBackend(Protocol):
     size: int
     """How many renders it runs at once."""
+
+    @property
+    def busy(self) -> int:
+        """How many renders are running now."""
+        ...
 
     async def render_batch(self, requests: Sequence[RenderRequest]) -> list[RenderResult]:
         """One result per request, in order; failures are results, not exceptions."""
@@ -38,6 +49,7 @@ def configure_vips() -> None:
     thumbs/s here, 1 x 2 gave 33), no operation cache (every original is seen once), and
     loaders not meant for untrusted input refused."""
     os.environ["VIPS_CONCURRENCY"] = "1"
+    os.environ["VIPS_BLOCK_UNTRUSTED"] = "1"
     import pyvips
 
     pyvips.concurrency_set(1)
@@ -45,51 +57,167 @@ def configure_vips() -> None:
     pyvips.block_untrusted_set(True)
 
 
-def _render_in_child(root: Path, request: RenderRequest, options: RenderOptions) -> RenderResult:
-    return render(root, request, options)
+def _serve(conn: Connection, root: Path, options: RenderOptions) -> None:
+    """A render process: one request in, one result out, until told to stop (None) or killed."""
+    configure_vips()
+    conn.send(os.getpid())  # ready
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        conn.send(render(root, request, options))
+
+
+class _Process:
+    def __init__(self, context: Any, root: Path, options: RenderOptions) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, root, options), daemon=True)
+        self.process.start()
+        child.close()
+        self.renders = 0
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(5)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
+
+
+async def _readable(conn: Connection, timeout_s: float | None) -> None:
+    """Until ``conn`` has data or EOF (the process died), without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(ready, timeout_s)
+    finally:
+        loop.remove_reader(fd)
 
 
 class ProcessPoolBackend:
     """``size`` render processes (forkserver start: libvips is not fork-safe after init)."""
 
-    def __init__(self, root: Path, options: RenderOptions, size: int, start_method: str = "forkserver"):
+    def __init__(
+        self,
+        root: Path,
+        options: RenderOptions,
+        size: int,
+        *,
+        timeout_s: float = 120.0,
+        recycle_after: int = 500,
+        start_method: str = "forkserver",
+    ) -> None:
         self.root = root
         self.options = options
         self.size = size
+        self.timeout_s = timeout_s
+        self.recycle_after = recycle_after
         self._context = multiprocessing.get_context(start_method)
-        self._pool = self._new_pool()
+        self._idle: asyncio.Queue[_Process] = asyncio.Queue()
+        self._all: set[_Process] = set()
+        for _ in range(size):
+            self._spawn()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.size, mp_context=self._context, initializer=configure_vips)
+    def _spawn(self) -> None:
+        proc = _Process(self._context, self.root, self.options)
+        self._all.add(proc)
+        self._idle.put_nowait(proc)
+
+    def _replace(self, proc: _Process, *, kill: bool) -> None:
+        self._all.discard(proc)
+        if kill:
+            proc.kill()
+        else:  # let it finish its exit off the event loop
+            threading.Thread(target=proc.stop, daemon=True).start()
+        self._spawn()
+
+    @property
+    def busy(self) -> int:
+        return len(self._all) - self._idle.qsize()
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(p.pid for p in self._all)
+
+    @property
+    def busy_pids(self) -> list[int]:
+        idle = set(self._idle._queue)  # type: ignore[attr-defined]  # asyncio.Queue's deque
+        return sorted(p.pid for p in self._all - idle)
 
     async def warm_up(self) -> None:
-        """Start every process now, so the first jobs do not pay for interpreter start-up."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, os.getpid) for _ in range(self.size)))
+        """Until every process has started and imported libvips."""
+        for proc in list(self._all):
+            await self._await_ready(proc)
+
+    async def _await_ready(self, proc: _Process) -> None:
+        if not proc.ready:
+            await _readable(proc.conn, 60)
+            proc.conn.recv()
+            proc.ready = True
 
     async def render_batch(self, requests: Sequence[RenderRequest]) -> list[RenderResult]:
         return list(await asyncio.gather(*(self._render_one(r) for r in requests)))
 
     async def _render_one(self, request: RenderRequest) -> RenderResult:
-        loop = asyncio.get_running_loop()
-        pool = self._pool
+        proc = await self._idle.get()
         try:
-            return await loop.run_in_executor(pool, _render_in_child, self.root, request, self.options)
-        except BrokenProcessPool as exc:
-            # A render process died (segfault, OOM kill). Every render in flight on this pool
-            # fails transiently and is retried by the queue; the next ones get a fresh pool.
-            if pool is self._pool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            return RenderResult(
-                request.image_id,
-                f"fullsize/{request.filename}.{request.ext}",
-                ok=False,
-                error=f"render process crashed: {exc}",
-                error_type="RenderProcessCrashed",
-                permanent=False,
+            await self._await_ready(proc)
+            proc.conn.send(request)
+            await _readable(proc.conn, self.timeout_s)
+            result: RenderResult = proc.conn.recv()
+        except TimeoutError:
+            self._replace(proc, kill=True)  # really stopped, not abandoned
+            return _lost(
+                request, "RenderTimeout", f"render ran longer than {self.timeout_s:g} s; process killed"
             )
+        except (EOFError, OSError) as exc:
+            code = proc.process.exitcode
+            self._replace(proc, kill=True)
+            return _lost(request, "RenderProcessCrashed", f"render process died (exit code {code}): {exc!r}")
+        except BaseException:  # cancelled mid-render: the process is still busy with it
+            self._replace(proc, kill=True)
+            raise
+        proc.renders += 1
+        if proc.renders >= self.recycle_after:
+            self._replace(proc, kill=False)
+        else:
+            self._idle.put_nowait(proc)
+        return result
 
     async def close(self) -> None:
-        pool = self._pool
-        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        for proc in list(self._all):
+            proc.stop()
+        self._all.clear()
+
+
+def _lost(request: RenderRequest, error_type: str, message: str) -> RenderResult:
+    return RenderResult(
+        request.image_id,
+        f"fullsize/{request.filename}.{request.ext}",
+        ok=False,
+        error=message,
+        error_type=error_type,
+        permanent=False,
+    )

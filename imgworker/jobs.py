@@ -8,17 +8,31 @@ from typing import Any
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
 from fleet.registry import RENDER_UPLOAD, RenderUpload
+from fleet.settings import Settings
 from fleet.worker import Context, handles
-from imgworker.backend import RenderBackend
+from imgworker.backend import LOST, RenderBackend
 from imgworker.render import RenderRequest, RenderResult, VariantStatus
 
 
-def raise_for_failure(result: RenderResult) -> None:
-    """A failed render becomes a job failure: permanent for bad input, transient otherwise."""
+async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
+    """A failed render becomes a job failure: permanent for bad input, transient otherwise.
+
+    A render whose process crashed or was killed at its timeout is retried once; if the same
+    original loses its process again, the input is to blame and the job is dead-lettered."""
     if result.ok:
         return
+    message = f"{result.file}: {result.error}"
+    if result.error_type in LOST:
+        settings: Settings = ctx["settings"]
+        key = f"{settings.namespace}:render-lost:{result.file}"
+        async with ctx["redis"].pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 86400)
+            losses, _ = await pipe.execute()
+        if losses >= 2:
+            raise PermanentError(f"{message} (the second time for this original)", kind=result.error_type)
     error = PermanentError if result.permanent else TransientError
-    raise error(f"{result.file}: {result.error}", kind=result.error_type)
+    raise error(message, kind=result.error_type)
 
 
 async def queue_follow_ups(client: FleetClient, result: RenderResult) -> None:
@@ -45,6 +59,6 @@ async def queue_follow_ups(client: FleetClient, result: RenderResult) -> None:
 async def render_upload(ctx: Context, payload: RenderUpload) -> dict[str, Any]:
     backend: RenderBackend = ctx["backend"]
     [result] = await backend.render_batch([RenderRequest(payload.image_id, payload.filename, payload.ext)])
-    raise_for_failure(result)
+    await raise_for_failure(ctx, result)
     await queue_follow_ups(ctx["fleet"], result)
     return dataclasses.asdict(result)

@@ -19,7 +19,13 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
     async def startup(ctx: Context) -> None:
         remove_stale_temps(settings.storage_path, [v.folder for v in options.variants])
-        backend = ProcessPoolBackend(settings.storage_path, options, settings.pool_size)
+        backend = ProcessPoolBackend(
+            settings.storage_path,
+            options,
+            settings.pool_size,
+            timeout_s=settings.render_timeout_s,
+            recycle_after=settings.render_recycle_after,
+        )
         await backend.warm_up()
         ctx["backend"] = backend
 

@@ -1,9 +1,10 @@
-"""The process-pool backend: renders run in other processes, one libvips thread each."""
+"""The render process pool: real processes, killed for real."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pyvips
@@ -13,16 +14,24 @@ from imgworker.render import RenderRequest, default_options
 from tests import images
 
 
-async def test_renders_run_in_pool_processes_with_one_vips_thread(storage: Path) -> None:
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def big_png(storage: Path, name: str) -> tuple[str, str]:
+    """An original that takes a good fraction of a second to render on one core."""
+    return images.write(storage, name, images.pattern(6000, 6000), compression=1)
+
+
+async def test_renders_run_in_pool_processes(storage: Path) -> None:
     backend = ProcessPoolBackend(storage, default_options(), size=2)
     try:
         await backend.warm_up()
-        loop = asyncio.get_running_loop()
-        pids = await asyncio.gather(*(loop.run_in_executor(backend._pool, os.getpid) for _ in range(8)))
-        assert os.getpid() not in pids
-        threads = await loop.run_in_executor(backend._pool, pyvips.concurrency_get)
-        assert threads == 1
-
+        assert os.getpid() not in backend.pids and len(backend.pids) == 2
         for i in range(4):
             images.jpeg(storage, f"p{i}.jpg", 1500, 1000)
         requests = [RenderRequest(i, f"p{i}", "jpg") for i in range(4)] + [RenderRequest(9, "missing", "jpg")]
@@ -30,21 +39,75 @@ async def test_renders_run_in_pool_processes_with_one_vips_thread(storage: Path)
         assert [r.image_id for r in results] == [0, 1, 2, 3, 9]
         assert all(r.ok for r in results[:4])
         assert (results[4].ok, results[4].error_type) == (False, "MissingOriginalError")
+        assert backend.busy == 0
     finally:
         await backend.close()
 
 
-async def test_a_crashed_render_process_fails_transiently_and_the_pool_recovers(storage: Path) -> None:
+async def test_a_killed_render_process_fails_only_its_own_render(storage: Path) -> None:
     backend = ProcessPoolBackend(storage, default_options(), size=2)
     try:
         await backend.warm_up()
-        images.jpeg(storage, "ok.jpg", 800, 600)
-        victim = next(iter(backend._pool._processes.values()))  # type: ignore[union-attr]
-        victim.kill()
-        victim.join()
-        [crashed] = await backend.render_batch([RenderRequest(1, "ok", "jpg")])
+        big = big_png(storage, "big.png")
+        images.jpeg(storage, "small.jpg", 800, 600)
+        doomed = asyncio.create_task(backend.render_batch([RenderRequest(1, *big)]))
+        await asyncio.sleep(0.05)  # the big render is under way in one process
+        [busy_pid] = backend.busy_pids
+        survivor = asyncio.create_task(backend.render_batch([RenderRequest(2, "small", "jpg")]))
+        os.kill(busy_pid, signal.SIGKILL)
+        [crashed] = await doomed
+        [fine] = await survivor
         assert (crashed.ok, crashed.permanent, crashed.error_type) == (False, False, "RenderProcessCrashed")
-        [again] = await backend.render_batch([RenderRequest(1, "ok", "jpg")])
+        assert fine.ok, fine.error
+        assert busy_pid not in backend.pids and len(backend.pids) == 2  # replaced
+        [again] = await backend.render_batch([RenderRequest(1, *big)])
         assert again.ok, again.error
     finally:
         await backend.close()
+
+
+async def test_a_render_past_its_timeout_is_killed_not_abandoned(storage: Path) -> None:
+    backend = ProcessPoolBackend(storage, default_options(), size=1, timeout_s=0.05)
+    try:
+        await backend.warm_up()
+        [pid] = backend.pids
+        [result] = await backend.render_batch([RenderRequest(1, *big_png(storage, "slow.png"))])
+        assert (result.ok, result.permanent, result.error_type) == (False, False, "RenderTimeout")
+        await asyncio.sleep(0.1)
+        assert not alive(pid)
+        assert backend.pids != [pid]
+        images.jpeg(storage, "quick.jpg", 300, 200)
+        [quick] = await backend.render_batch([RenderRequest(2, "quick", "jpg")])
+        assert quick.ok
+        assert not list((storage / "thumbs").glob("slow*"))  # nothing half-written
+    finally:
+        await backend.close()
+
+
+async def test_processes_are_recycled_after_n_renders(storage: Path) -> None:
+    backend = ProcessPoolBackend(storage, default_options(), size=1, recycle_after=3)
+    try:
+        images.jpeg(storage, "r.jpg", 400, 300)
+        seen = set()
+        for _ in range(7):
+            seen.update(backend.pids)
+            [result] = await backend.render_batch([RenderRequest(1, "r", "jpg")])
+            assert result.ok
+        assert len(seen) == 3  # renders 1-3, 4-6, 7-
+    finally:
+        await backend.close()
+
+
+def test_render_processes_use_one_libvips_thread_and_block_untrusted_loaders() -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(1, initializer=_configure) as pool:
+        assert pool.apply(pyvips.concurrency_get) == 1
+        assert pool.apply(os.getenv, ("VIPS_BLOCK_UNTRUSTED",)) == "1"
+
+
+def _configure() -> None:
+    from imgworker.backend import configure_vips
+
+    configure_vips()
