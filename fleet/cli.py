@@ -43,8 +43,9 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
     workers = [Worker(**kwargs, burst=burst, handle_signals=False) for kwargs in worker_kwargs]
 
     def stop(signum: signal.Signals) -> None:
+        # Drain: take no new jobs, give running ones DRAIN_GRACE_S, then cancel (= requeue) the rest.
         for worker in workers:
-            worker.handle_sig(signum)
+            worker.handle_sig_wait_for_completion(signum)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

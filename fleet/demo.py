@@ -10,16 +10,11 @@ summary as its last line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +26,12 @@ from fleet import corpus, db
 from fleet.client import FleetClient
 from fleet.errors import JobFailedError
 from fleet.logging import configure_logging, get_logger
-from fleet.registry import Queue, queue_key
+from fleet.processes import wait_healthy, worker_process
+from fleet.registry import Queue
 from fleet.services import embedded_defaults
 from fleet.settings import Settings, get_settings
 
 log = get_logger("fleet.demo")
-
-
-@contextlib.contextmanager
-def worker_process(kinds: list[str], settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker process (``python -m fleet worker KIND...``), stopped with SIGTERM on exit."""
-    env = {**os.environ, **settings.as_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "fleet", "worker", *kinds], env=env)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def wait_healthy(client: FleetClient, queue: Queue, timeout_s: float = 60.0) -> None:
-    """Until a worker of ``queue`` has written its health-check key."""
-    key = f"{queue_key(client.settings.namespace, queue)}:health-check"
-    deadline = time.monotonic() + timeout_s
-    while not await client.redis.exists(key):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {queue} worker came up within {timeout_s} s")
-        await asyncio.sleep(0.05)
 
 
 async def _result(job: Job, timeout_s: float) -> dict[str, Any] | str:

@@ -1,0 +1,254 @@
+"""The failure model: every job ends done, retried, or dead-lettered with a reason.
+
+Real Redis, real pyvips, real worker processes killed for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from arq.constants import job_key_prefix
+
+from fleet.client import FleetClient
+from fleet.deadletters import DeadLetters
+from fleet.errors import JobFailedError, TransientError
+from fleet.processes import start_worker, wait_healthy
+from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue, queue_key
+from fleet.settings import Settings
+from fleet.worker import Context, build_worker, handles
+from imgworker.worker import worker_settings
+from tests import images
+from tests.conftest import running_worker
+
+
+def letters(client: FleetClient) -> DeadLetters:
+    return DeadLetters(client.redis, client.settings.namespace, client.settings.dead_letter_ttl_s)
+
+
+def iqdb_worker(settings: Settings, index: Any) -> dict[str, Any]:
+    """An IQDB-queue worker whose index job is ``index`` (to provoke failures on purpose)."""
+
+    @handles(DELETE_FROM_IQDB)
+    async def delete(ctx: Context, payload: Any) -> None:
+        return None
+
+    return build_worker(Queue.IQDB, [handles(INDEX_IQDB)(index), delete], settings, job_timeout_s=0.5)
+
+
+async def test_broad_except_in_job_code_cannot_swallow_a_retry(
+    settings: Settings, client: FleetClient
+) -> None:
+    calls: list[int] = []
+
+    async def index(ctx: Context, payload: Any) -> str:
+        calls.append(ctx["job_try"])
+        try:
+            if ctx["job_try"] < 3:
+                raise TransientError("IQDB is restarting")
+        except Exception:  # noqa: BLE001 - the replaced design's mistake, here on purpose
+            return "swallowed"
+        return "done"
+
+    async with running_worker(iqdb_worker(settings, index)):
+        job = await client.index_iqdb(1, "iqdb/a.jpg")
+        assert await job.result(timeout=30, poll_delay=0.02) == "done"
+    assert calls == [1, 2, 3]
+
+
+async def test_unexpected_errors_and_timeouts_end_as_dead_letters(
+    settings: Settings, client: FleetClient
+) -> None:
+    settings = settings.replace(max_tries=2)
+
+    async def index(ctx: Context, payload: Any) -> None:
+        if payload.image_id == 1:
+            raise KeyError("bug")
+        await asyncio.sleep(5)  # past the 0.5 s job timeout
+
+    async with running_worker(iqdb_worker(settings, index)):
+        bug = await client.index_iqdb(1, "iqdb/a.jpg")
+        slow = await client.index_iqdb(2, "iqdb/b.jpg")
+        with pytest.raises(JobFailedError, match="KeyError") as bug_failure:
+            await bug.result(timeout=30, poll_delay=0.02)
+        with pytest.raises(JobFailedError, match="gave up after 2 tries") as slow_failure:
+            await slow.result(timeout=30, poll_delay=0.02)
+    assert bug_failure.value.error_type == "UnexpectedKeyError"
+    assert slow_failure.value.error_type == "JobTimeout"  # a timeout is retried, unlike plain arq
+    dead = {letter.job_id: letter for letter in await letters(client).list()}
+    assert dead[bug.job_id].tries == 1 and dead[bug.job_id].function == "index_iqdb"
+    assert dead[bug.job_id].args == [{"image_id": 1, "path": "iqdb/a.jpg"}]
+    assert dead[slow.job_id].tries == 2 and dead[slow.job_id].queue == "iqdb"
+
+
+async def plant(client: FleetClient, queue: Queue, job_id: str, raw: bytes) -> None:
+    """Write a job straight into Redis, as an attacker with Redis access could."""
+    await client.redis.set(job_key_prefix + job_id, raw)
+    await client.redis.zadd(queue_key(client.settings.namespace, queue), {job_id: time.time() * 1000})
+
+
+async def test_planted_payloads_are_dead_lettered_never_run(settings: Settings, client: FleetClient) -> None:
+    marker = settings.storage_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    now = int(time.time() * 1000)
+    planted = {
+        "pickle": pickle.dumps({"f": "render_upload", "a": [Evil()], "k": {}, "t": 1, "et": now}),
+        "unknown": json.dumps({"f": "os.system", "a": ["touch x"], "k": {}, "t": 1, "et": now}).encode(),
+        "badargs": json.dumps(
+            {"f": "render_upload", "a": [{"image_id": "1;"}], "k": {}, "t": 1, "et": now}
+        ).encode(),
+        "garbage": b"\x00\xff not json at all",
+    }
+    async with running_worker(worker_settings(settings)):
+        for job_id, raw in planted.items():
+            await plant(client, Queue.IMG, f"{settings.namespace}-{job_id}", raw)
+        dead = letters(client)
+
+        async def all_dead() -> bool:
+            return len(await dead.list("img")) == len(planted)
+
+        deadline = time.monotonic() + 30
+        while not await all_dead():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    found = {letter.job_id.rsplit("-", 1)[1]: letter for letter in await dead.list("img")}
+    assert {k: v.error_type for k, v in found.items()} == {
+        "pickle": "InvalidJob",
+        "unknown": "InvalidJob",
+        "badargs": "InvalidPayloadError",
+        "garbage": "InvalidJob",
+    }
+    assert "not a JSON job" in found["pickle"].message
+    assert "no function 'os.system'" in found["unknown"].message
+    assert "image_id" in found["badargs"].message
+    assert not marker.exists()
+
+
+def fleet_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.as_env()}
+    return subprocess.run([sys.executable, "-m", "fleet", *args], env=env, capture_output=True, text=True)
+
+
+async def test_dead_letter_cli_lists_retries_with_fresh_tries_and_purges(
+    settings: Settings, client: FleetClient
+) -> None:
+    async with running_worker(worker_settings(settings)):
+        missing = await client.render_upload(1, "late-upload", "jpg")
+        with pytest.raises(JobFailedError, match="does not exist"):
+            await missing.result(timeout=30, poll_delay=0.02)
+        other = await client.render_upload(2, "never", "jpg")
+        with pytest.raises(JobFailedError):
+            await other.result(timeout=30, poll_delay=0.02)
+
+        listed = fleet_cli(settings, "dead", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert {r["job_id"] for r in rows} == {missing.job_id, other.job_id}
+        assert all(r["error_type"] == "MissingOriginalError" and r["queue"] == "img" for r in rows)
+        human = fleet_cli(settings, "dead", "list", "--queue", "img")
+        assert "2 dead letter(s)" in human.stdout and "MissingOriginalError" in human.stdout
+
+        images.jpeg(settings.storage_path, "late-upload.jpg", 640, 480)  # the cause is fixed
+        retried = fleet_cli(settings, "dead", "retry", missing.job_id)
+        assert retried.returncode == 0, retried.stderr
+        new_id = retried.stdout.split()[-1]
+        from arq.jobs import Job
+
+        again = Job(new_id, client.redis, _queue_name=queue_key(settings.namespace, Queue.IMG))
+        again._deserializer = client.redis.job_deserializer
+        assert (await again.result(timeout=30, poll_delay=0.02))["ok"] is True
+        assert (await again.result_info()).job_try == 1  # a fresh try count
+
+        assert [letter.job_id for letter in await letters(client).list()] == [other.job_id]
+        purged = fleet_cli(settings, "dead", "purge")
+        assert purged.stdout.strip() == "purged 1 dead letter(s)"
+        assert await letters(client).list() == []
+
+
+async def test_a_render_that_loses_its_process_twice_is_dead_lettered(
+    settings: Settings, client: FleetClient
+) -> None:
+    settings = settings.replace(render_timeout_s=0.05, img_pool_size=1)
+    name = images.write(settings.storage_path, "huge.png", images.pattern(6000, 6000), compression=1)
+    async with running_worker(worker_settings(settings)):
+        job = await client.render_upload(1, *name)
+        with pytest.raises(JobFailedError, match="the second time for this original") as failure:
+            await job.result(timeout=60, poll_delay=0.02)
+        assert (await job.result_info()).job_try == 2  # once retried, then dead
+    assert failure.value.error_type == "RenderTimeout"
+
+
+async def wait_for(predicate: Any, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_sigkilled_worker_loses_nothing_and_recovers_within_the_lock_ttl(
+    settings: Settings, client: FleetClient
+) -> None:
+    settings = settings.replace(lock_ttl_s=2.0, img_pool_size=1)
+    name = images.write(settings.storage_path, "big.png", images.pattern(6000, 6000), compression=1)
+    victim = start_worker(["img"], settings)
+    try:
+        await wait_healthy(client, Queue.IMG)
+        job = await client.render_upload(1, *name)
+        in_progress = f"arq:in-progress:{job.job_id}"
+        await wait_for(lambda: client.redis.exists(in_progress))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed_at = time.monotonic()
+        rescuer = start_worker(["img"], settings)
+        try:
+            result = await job.result(timeout=60, poll_delay=0.02)
+            recovery_s = time.monotonic() - killed_at
+        finally:
+            rescuer.terminate()
+            rescuer.wait(30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert result["ok"] is True
+    assert (await job.result_info()).job_try == 2
+    # Lock expiry (2 s) + a poll + one render; arq's own lock would have held for the job timeout + 10 s.
+    assert recovery_s < settings.lock_ttl_s + 10, recovery_s
+    print(f"recovered {recovery_s:.2f} s after SIGKILL (LOCK_TTL_S={settings.lock_ttl_s})")
+    assert not list(settings.storage_path.rglob(".*.tmp"))
+
+
+async def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
+    settings: Settings, client: FleetClient
+) -> None:
+    settings = settings.replace(img_pool_size=1, img_max_jobs=1, drain_grace_s=20)
+    big = images.write(settings.storage_path, "big.png", images.pattern(6000, 6000), compression=1)
+    small = [images.jpeg(settings.storage_path, f"s{i}.jpg", 400, 300) for i in range(3)]
+    worker = start_worker(["img"], settings)
+    try:
+        await wait_healthy(client, Queue.IMG)
+        running = await client.render_upload(1, *big)
+        await wait_for(lambda: client.redis.exists(f"arq:in-progress:{running.job_id}"))
+        waiting = [await client.render_upload(10 + i, *name) for i, name in enumerate(small)]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert (await running.result(timeout=1))["ok"] is True  # finished inside the grace period
+    queued = await client.redis.zrange(queue_key(settings.namespace, Queue.IMG), 0, -1)
+    assert sorted(q.decode() for q in queued) == sorted(j.job_id for j in waiting)  # untouched
+    async with running_worker(worker_settings(settings)):
+        for job in waiting:
+            assert (await job.result(timeout=30, poll_delay=0.02))["ok"] is True
