@@ -40,9 +40,17 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server on a free loopback port, persisting nothing unless asked to (AOF)."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False, workdir: Path | None = None):
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        workdir: Path | None = None,
+        extra_args: list[str] | None = None,
+    ):
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = extra_args or []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
@@ -61,9 +69,11 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",  # with AOF on: a SIGKILL loses nothing acknowledged
             "--dir", str(self.workdir),
             "--daemonize", "no",
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
@@ -71,11 +81,23 @@ class EmbeddedRedis:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise FleetError(f"redis-server exited at start-up: {err.strip()}")
-            if _answers_ping(self.port):
+            if self._answers():
                 return self
             time.sleep(0.02)
         self.stop()
         raise FleetError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
+
+    def _answers(self) -> bool:
+        if "--port" in self.extra_args or "--requirepass" in self.extra_args:
+            return _listening(self.ready_port)
+        return _answers_ping(self.port)
+
+    @property
+    def ready_port(self) -> int:
+        """The port to probe: the TLS port when plain TCP is switched off."""
+        if "--tls-port" in self.extra_args:
+            return int(self.extra_args[self.extra_args.index("--tls-port") + 1])
+        return self.port
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; the working directory (and its AOF) is kept."""
@@ -107,6 +129,14 @@ def _answers_ping(port: int) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
     except OSError:
         return False
 
