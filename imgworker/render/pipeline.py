@@ -51,13 +51,13 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
 
 def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
     source = storage.original_path(root, request.filename, request.ext)
-    width, height, _ = steps.inspect(source, options.max_pixels)
-    longest = max(width, height)
+    header = steps.inspect(source, options.max_pixels)
+    longest = max(header.width, header.height)
     wanted = [v for v in options.variants if v.always or longest > v.edge]
     outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
     original_bytes = source.stat().st_size
 
-    image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on))
+    image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on, header.has_profile))
     for index, variant in enumerate(wanted):
         image = steps.resize(image, variant.edge)
         if index < len(wanted) - 1:

@@ -6,6 +6,7 @@ memory for the cascade), so a step costs nothing until then.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,18 @@ FORMAT_OF_EXT = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "gif": "gif", "web
 _SHARPEN_MASK = pyvips.Image.new_from_list([[-1, -1, -1], [-1, 32, -1], [-1, -1, -1]], scale=24)
 
 
-def inspect(path: Path, max_pixels: int) -> tuple[int, int, str]:
-    """Header-only open (no pixel decode): width, height and the real format of the content.
+@dataclass(frozen=True, slots=True)
+class Header:
+    width: int
+    height: int
+    format: str
+    """The real format of the content, whatever the extension says."""
+    has_profile: bool
+    """An embedded ICC profile (Display P3, Adobe RGB, ...) that must be converted to sRGB."""
+
+
+def inspect(path: Path, max_pixels: int) -> Header:
+    """Header-only open (no pixel decode): size, real format, colour profile.
 
     The pixel cap is applied here, so a tiny file claiming 65000x65000 is refused in about a
     millisecond instead of being decoded."""
@@ -39,16 +50,19 @@ def inspect(path: Path, max_pixels: int) -> tuple[int, int, str]:
     width, height = header.width, header.height
     if width * height > max_pixels:
         raise TooManyPixelsError(f"{width}x{height} is more than MAX_PIXELS={max_pixels}")
-    return width, height, fmt
+    return Header(width, height, fmt, header.get_typeof("icc-profile-data") != 0)
 
 
-def load(path: Path, edge: int, fail_on: str) -> pyvips.Image:
+def load(path: Path, edge: int, fail_on: str, has_profile: bool) -> pyvips.Image:
     """Decode already shrunk to fit ``edge`` (shrink-on-load), oriented, first frame only.
 
     ``thumbnail`` fuses load, EXIF orientation and the resize on purpose: a JPEG is decoded at
     1/2, 1/4 or 1/8 scale and WebP through libwebp's scaled decode, so a 6000 px original
-    never exists in memory at full size. CMYK and embedded profiles come out as sRGB."""
-    return pyvips.Image.thumbnail(str(path), edge, height=edge, size="down", fail_on=fail_on)
+    never exists in memory at full size. CMYK comes out as sRGB on its own; an embedded
+    profile is kept as is unless we ask for sRGB, and stripping it later would shift the
+    colours, so we ask (only then: a transform costs a pass over every pixel)."""
+    options: dict[str, Any] = {"output_profile": "srgb"} if has_profile else {}
+    return pyvips.Image.thumbnail(str(path), edge, height=edge, size="down", fail_on=fail_on, **options)
 
 
 def to_srgb(image: pyvips.Image) -> pyvips.Image:
