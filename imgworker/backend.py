@@ -58,7 +58,11 @@ def configure_vips() -> None:
 
 
 def _serve(conn: Connection, root: Path, options: RenderOptions) -> None:
-    """A render process: one request in, one result out, until told to stop (None) or killed."""
+    """A render process: one request in, one result out, until told to stop (None) or killed.
+
+    If the worker dies (even by SIGKILL) its end of the pipe closes: an idle process sees EOF
+    at once, a busy one finishes its render (atomic writes: nothing partial is left) and
+    ends when it cannot send the result. No orphan outlives its render."""
     configure_vips()
     conn.send(os.getpid())  # ready
     while True:
@@ -68,7 +72,10 @@ def _serve(conn: Connection, root: Path, options: RenderOptions) -> None:
             return
         if request is None:
             return
-        conn.send(render(root, request, options))
+        try:
+            conn.send(render(root, request, options))
+        except (BrokenPipeError, ConnectionResetError):
+            return
 
 
 class _Process:

@@ -6,6 +6,7 @@ Real Redis, real pyvips, real worker processes killed for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,6 +192,24 @@ async def test_a_render_that_loses_its_process_twice_is_dead_lettered(
     assert failure.value.error_type == "RenderTimeout"
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+async def _all_gone(pids: set[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 async def wait_for(predicate: Any, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not await predicate():
@@ -208,6 +228,8 @@ async def test_sigkilled_worker_loses_nothing_and_recovers_within_the_lock_ttl(
         job = await client.render_upload(1, *name)
         in_progress = f"arq:in-progress:{job.job_id}"
         await wait_for(lambda: client.redis.exists(in_progress))
+        render_processes = descendants(victim.pid)
+        assert render_processes  # the forkserver and the render process
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         killed_at = time.monotonic()
@@ -223,6 +245,7 @@ async def test_sigkilled_worker_loses_nothing_and_recovers_within_the_lock_ttl(
             victim.kill()
     assert result["ok"] is True
     assert (await job.result_info()).job_try == 2
+    await wait_for(lambda: _all_gone(render_processes), 30)  # no orphan keeps rendering
     # Lock expiry (2 s) + a poll + one render; arq's own lock would have held for the job timeout + 10 s.
     assert recovery_s < settings.lock_ttl_s + 10, recovery_s
     print(f"recovered {recovery_s:.2f} s after SIGKILL (LOCK_TTL_S={settings.lock_ttl_s})")
