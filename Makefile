@@ -31,7 +31,7 @@ pytest: sync
 	$(RUN) pytest $(PYTEST_ARGS)
 
 soak: sync  ## long soak tests, excluded from `make test`
-	$(RUN) pytest -m soak $(PYTEST_ARGS)
+	LOG_LEVEL=WARNING $(RUN) pytest -m soak -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
