@@ -27,6 +27,7 @@ from typing import Any, Generic
 from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob
 from arq.worker import Function, Retry, func
+from redis.exceptions import RedisError
 
 from fleet import coalesce, serializer
 from fleet.client import FleetClient
@@ -113,6 +114,8 @@ def _adapt(handler: Handler[Any], settings: Settings, timeout_s: float) -> Funct
             failure = exc
         except Retry:
             raise
+        except (RedisError, ConnectionError) as exc:  # Redis or another service away mid-job
+            failure = TransientError(f"{type(exc).__name__}: {exc}", kind="ServiceUnavailable")
         except Exception as exc:  # noqa: BLE001 - not swallowed: dead-lettered below, with its reason
             failure = PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
 

@@ -37,6 +37,8 @@ class Request:
 class IqdbState:
     images: dict[int, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    delay_s: float = 0.0
+    """Answer POSTs this much later (a slow IQDB)."""
     fail_next: list[int] = field(default_factory=list)
     """Statuses to answer the next requests with, in order (e.g. [503, 503])."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -97,6 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         file = self._file()
         forced = self._record(file)
+        time.sleep(self.server.state.delay_s)
         if forced:
             return self._send(forced, {"error": "forced_failure"})
         if url.path == "/query":

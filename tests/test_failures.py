@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from arq.constants import job_key_prefix
+from arq.jobs import JobStatus
 
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
@@ -28,6 +29,7 @@ from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue, queue_key
 from fleet.settings import Settings
 from fleet.worker import Context, build_worker, handles
 from imgworker.worker import worker_settings
+from ratingworker.worker import iqdb_worker_settings
 from tests import images
 from tests.conftest import running_worker
 
@@ -275,3 +277,37 @@ async def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
     async with running_worker(worker_settings(settings)):
         for job in waiting:
             assert (await job.result(timeout=30, poll_delay=0.02))["ok"] is True
+
+
+async def test_jobs_still_running_when_the_drain_grace_ends_go_back_to_the_queue(
+    settings: Settings, client: FleetClient, tmp_path: Path
+) -> None:
+    from tests.iqdb_server import IqdbServer
+
+    with IqdbServer() as iqdb:
+        iqdb.state.delay_s = 5.0  # longer than the grace
+        settings = settings.replace(
+            iqdb_url=iqdb.url, drain_grace_s=1, database_url=f"sqlite+aiosqlite:///{tmp_path / 'b.sqlite3'}"
+        )
+        from fleet.db import create_engine, create_schema
+
+        engine = create_engine(settings)
+        await create_schema(engine)
+        await engine.dispose()
+        (settings.storage_path / "iqdb").mkdir()
+        (settings.storage_path / "iqdb" / "a.jpg").write_bytes(images.pattern(64, 64).jpegsave_buffer())
+        worker = start_worker(["iqdb"], settings)
+        try:
+            await wait_healthy(client, Queue.IQDB)
+            job = await client.index_iqdb(1, "iqdb/a.jpg")
+            await wait_for(lambda: client.redis.exists(f"arq:in-progress:{job.job_id}"))
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert await job.status() == JobStatus.queued  # cancelled at the end of the grace, requeued
+        iqdb.state.delay_s = 0.0
+        async with running_worker(iqdb_worker_settings(settings)):
+            assert (await job.result(timeout=30, poll_delay=0.02))["image_id"] == 1
+        assert (await job.result_info()).job_try == 2

@@ -203,3 +203,12 @@ def test_writes_are_atomic_and_leave_no_temp_files(storage: Path) -> None:
         assert run(storage, f"a{i}", "jpg").ok
     leftovers = [p for p in storage.rglob(".*") if p.is_file()]
     assert leftovers == []
+
+
+def test_an_output_folder_linked_outside_the_root_is_refused(storage: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (storage / "thumbs").symlink_to(outside)
+    result = run(storage, *images.jpeg(storage, "x.jpg", 640, 480))
+    assert (result.ok, result.error_type) == (False, "UnsafePathError")
+    assert list(outside.iterdir()) == []
