@@ -28,6 +28,7 @@ from fleet import db
 from fleet.client import FleetClient
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
+from fleet.worker import close_worker
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests.iqdb_server import IqdbServer
 
@@ -65,7 +66,7 @@ async def drain(kwargs: dict[str, Any], jobs: list[Any]) -> float:
     for job in jobs:
         await job.result(timeout=300, poll_delay=0.01)
     seconds = time.perf_counter() - started
-    await worker.close()
+    await close_worker(worker)
     task.cancel()
     return seconds
 

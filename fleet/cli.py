@@ -26,6 +26,7 @@ from fleet.logging import configure_logging, get_logger
 from fleet.registry import WORKERS, Queue
 from fleet.services import embedded_defaults
 from fleet.settings import get_settings
+from fleet.worker import close_worker
 
 log = get_logger("fleet.cli")
 
@@ -55,7 +56,7 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
     except asyncio.CancelledError:
         pass  # a signal stopped the workers
     finally:
-        await asyncio.gather(*(w.close() for w in workers))
+        await asyncio.gather(*(close_worker(w) for w in workers))
 
 
 def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Generic
 
 from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob
-from arq.worker import Function, Retry, func
+from arq.worker import Function, Retry, Worker, func
 from redis.exceptions import RedisError
 
 from fleet import coalesce, serializer
@@ -266,3 +267,16 @@ def build_worker(
         "health_check_interval": 10,
         "job_completion_wait": settings.drain_grace_s,
     }
+
+
+async def close_worker(worker: Worker) -> None:
+    """``worker.close()``, safe against arq's shutdown race.
+
+    A job task cancelled before it entered arq's own ``try`` ends in ``CancelledError``,
+    and arq's close() would re-raise it half-way, skipping on_shutdown (the render pool) and
+    the connection close. Such a job is not lost: it is still queued and runs again."""
+    if not worker._handle_signals:
+        worker.handle_sig(signal.SIGUSR1)
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()

@@ -94,8 +94,10 @@ async def running_worker(*worker_kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     try:
         yield workers[0] if len(workers) == 1 else workers
     finally:
+        from fleet.worker import close_worker
+
         for worker, task in zip(workers, tasks, strict=True):
-            await worker.close()
+            await close_worker(worker)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
