@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from arq.worker import Worker
 
 from fleet import db
 from fleet.client import FleetClient
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
-from fleet.worker import close_worker
+from fleet.worker import close_worker, make_worker
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests.iqdb_server import IqdbServer
 
@@ -60,7 +59,7 @@ async def board(kind: str, tmp: Path) -> AsyncIterator[str]:
 
 
 async def drain(kwargs: dict[str, Any], jobs: list[Any]) -> float:
-    worker = Worker(**kwargs, handle_signals=False)
+    worker = make_worker(kwargs, handle_signals=False)
     started = time.perf_counter()
     task = asyncio.create_task(worker.async_run())
     for job in jobs:

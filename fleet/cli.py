@@ -16,7 +16,6 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from arq.utils import import_string
-from arq.worker import Worker
 
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
@@ -26,7 +25,7 @@ from fleet.logging import configure_logging, get_logger
 from fleet.registry import WORKERS, Queue
 from fleet.services import embedded_defaults
 from fleet.settings import get_settings
-from fleet.worker import close_worker
+from fleet.worker import close_worker, make_worker
 
 log = get_logger("fleet.cli")
 
@@ -41,7 +40,7 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
 
     Signals are handled here, once, and passed to every worker: arq installs one handler
     per worker otherwise, and the last one installed would be the only one to stop."""
-    workers = [Worker(**kwargs, burst=burst, handle_signals=False) for kwargs in worker_kwargs]
+    workers = [make_worker(kwargs, burst=burst, handle_signals=False) for kwargs in worker_kwargs]
 
     def stop(signum: signal.Signals) -> None:
         # Drain: take no new jobs, give running ones DRAIN_GRACE_S, then cancel (= requeue) the rest.

@@ -87,9 +87,9 @@ async def running_worker(*worker_kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     """arq workers in this event loop (renders still run in the img worker's process pool).
 
     Yields the worker, or a list of them when given several."""
-    from arq.worker import Worker
+    from fleet.worker import make_worker
 
-    workers = [Worker(**kwargs, handle_signals=False) for kwargs in worker_kwargs]
+    workers = [make_worker(kwargs, handle_signals=False) for kwargs in worker_kwargs]
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     try:
         yield workers[0] if len(workers) == 1 else workers
