@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from arq.utils import import_string
@@ -24,7 +26,7 @@ from fleet.errors import FleetError
 from fleet.logging import configure_logging, get_logger
 from fleet.registry import WORKERS, Queue
 from fleet.services import embedded_defaults
-from fleet.settings import get_settings
+from fleet.settings import Settings, get_settings
 from fleet.worker import close_worker, make_worker
 
 log = get_logger("fleet.cli")
@@ -35,11 +37,13 @@ Command = Callable[[argparse.Namespace], int]
 LIGHT = ("iqdb", "db")
 
 
-async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False) -> None:
+async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False) -> int:
     """Run workers in this event loop until SIGINT/SIGTERM (or, with ``burst``, until empty).
 
     Signals are handled here, once, and passed to every worker: arq installs one handler
-    per worker otherwise, and the last one installed would be the only one to stop."""
+    per worker otherwise, and the last one installed would be the only one to stop. If one
+    worker dies of an error, the others are drained and the process exits non-zero, so a
+    supervisor restarts it."""
     workers = [make_worker(kwargs, burst=burst, handle_signals=False) for kwargs in worker_kwargs]
 
     def stop(signum: signal.Signals) -> None:
@@ -50,12 +54,19 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
+    failure: BaseException | None = None
     try:
-        await asyncio.gather(*(w.async_run() for w in workers))
-    except asyncio.CancelledError:
-        pass  # a signal stopped the workers
+        pending = {asyncio.ensure_future(w.async_run()) for w in workers}
+        while pending:  # each worker ends when its own drain is over
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None and failure is None:
+                    failure = task.exception()
+                    log.error("a worker died; stopping the others", error=repr(failure))
+                    stop(signal.SIGTERM)
     finally:
         await asyncio.gather(*(close_worker(w) for w in workers))
+    return 1 if failure else 0
 
 
 def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
@@ -68,9 +79,11 @@ def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
     with embedded_defaults(configured) as settings:
         if configured.redis_url is None:
             log.warning("no REDIS_URL: serving a private redis-server", redis_url=settings.redis_url)
-        worker_kwargs = [import_string(WORKERS[kind])(settings) for kind in kinds]
-        uvloop.run(serve(worker_kwargs, burst=burst))
-    return 0
+        worker_kwargs = []
+        for kind in kinds:
+            made = import_string(WORKERS[kind])(settings)  # one queue's settings, or a list
+            worker_kwargs += made if isinstance(made, list) else [made]
+        return uvloop.run(serve(worker_kwargs, burst=burst))
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -125,6 +138,66 @@ def _cmd_dead(args: argparse.Namespace) -> int:
     return asyncio.run(_dead(args))
 
 
+def _id_range(text: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    return int(first), int(last or first)
+
+
+async def _rethumb(args: argparse.Namespace) -> int:
+    from fleet import db
+    from fleet.bulk import Selection, rethumb
+    from fleet.progress import ProgressReporter
+
+    configured = get_settings()
+    configure_logging(configured.replace(log_level="WARNING") if not args.json else configured)
+    selection = Selection(
+        ids=args.ids,
+        since=args.since,
+        until=args.until,
+        from_dir=args.from_dir,
+        variants=tuple(v for v in args.variants.split(",") if v) if args.variants else (),
+        mode="missing" if args.missing else "stale",
+        reindex=args.reindex,
+    )
+    engine = None if args.from_dir else db.create_engine(_with_database(configured))
+    reporter = ProgressReporter()
+    try:
+        async with await FleetClient.connect(configured) as client:
+            summary = await rethumb(
+                client.redis, configured, selection, engine=engine, resume=args.resume, force=args.force,
+                dry_run=args.dry_run, progress=reporter,
+            )  # fmt: skip
+    finally:
+        if engine is not None:
+            await engine.dispose()
+    data = summary.as_json()
+    if args.json:
+        print(json.dumps(data))
+    else:
+        reporter({"total": summary.total, "rendered": summary.rendered, "skipped": summary.skipped,
+                  "failed": summary.failed}, summary.seconds or 1e-9, final=True)  # fmt: skip
+        if summary.already_finished:
+            print(f"run {summary.run_id} already finished; --force renders it again", file=sys.stderr)
+        print(json.dumps(data))
+    return 1 if summary.failed else 0
+
+
+def _with_database(settings: Settings) -> Settings:
+    if settings.database_url is None:
+        from fleet.services import sqlite_url
+
+        return settings.replace(database_url=sqlite_url(settings.storage_path))
+    return settings
+
+
+def _cmd_rethumb(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_rethumb(args))
+    except FleetError as exc:
+        print(f"fleet rethumb: {exc}", file=sys.stderr)
+        return 2
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fleet.demo import main as demo_main
 
@@ -153,6 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="retry every dead letter (of --queue)")
     dead.add_argument("--json", action="store_true", help="list as JSON lines")
     dead.set_defaults(run=_cmd_dead)
+
+    rethumb = sub.add_parser(
+        "rethumb", help="re-render archive originals on the img-bulk queue (bounded, resumable)"
+    )
+    source = rethumb.add_mutually_exclusive_group()
+    source.add_argument("--ids", type=_id_range, metavar="A-B", help="image ids A to B (inclusive)")
+    source.add_argument(
+        "--from-dir", type=Path, metavar="DIR", help="the originals in DIR instead of the database"
+    )
+    rethumb.add_argument("--since", type=date.fromisoformat, help="names dated on or after YYYY-MM-DD")
+    rethumb.add_argument(
+        "--until", type=date.fromisoformat, help="stored names dated on or before YYYY-MM-DD"
+    )
+    rethumb.add_argument("--missing", action="store_true", help="only originals lacking an output at all")
+    rethumb.add_argument("--variants", help="comma list of thumb,medium,large (default: all)")
+    rethumb.add_argument(
+        "--reindex",
+        choices=["changed", "always", "never"],
+        default="changed",
+        help="IQDB after a re-render: when the thumbnail changed (default), always, never",
+    )
+    rethumb.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    rethumb.add_argument("--force", action="store_true", help="start over and render everything")
+    rethumb.add_argument("--dry-run", action="store_true", help="count the work, queue nothing")
+    rethumb.add_argument("--json", action="store_true", help="only the final JSON summary")
+    rethumb.set_defaults(run=_cmd_rethumb)
 
     demo = sub.add_parser("demo", help="render a generated sample archive end to end on embedded services")
     demo.add_argument("--images", type=int, default=200)

@@ -143,9 +143,32 @@ class ImageRef:
     image_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class RenderBatch:
+    """Re-render K stored originals for the bulk run ``run_id`` (parallel lists, one per image).
+
+    ``image_ids`` are the board's ids, or positions in a folder listing (then no flags or
+    IQDB follow). ``variants`` limits what is rendered (empty: all)."""
+
+    run_id: str
+    image_ids: list[int]
+    filenames: list[str]
+    exts: list[str]
+    variants: list[str]
+    mode: str = "stale"
+    """stale: skip originals whose outputs are current for the current settings; missing: skip
+    those whose outputs exist at all; all: render everything."""
+    reindex: str = "changed"
+    """IQDB after a re-render: "changed" (only when the thumbnail's bytes changed), "always", "never"."""
+    with_db: bool = True
+    """Whether ids are board ids (flags and IQDB follow) or folder positions."""
+    attempt: int = 1
+
+
 # --- jobs ---------------------------------------------------------------------------------
 
 RENDER_UPLOAD: JobSpec[RenderUpload] = JobSpec("render_upload", Queue.IMG, RenderUpload)
+RENDER_BATCH: JobSpec[RenderBatch] = JobSpec("render_batch", Queue.IMG_BULK, RenderBatch)
 WRITE_VARIANT_FLAGS: JobSpec[VariantFlags] = JobSpec("write_variant_flags", Queue.DB, VariantFlags)
 RECALCULATE_RATING: JobSpec[ImageRef] = JobSpec("recalculate_rating", Queue.DB, ImageRef, coalesce=True)
 INDEX_IQDB: JobSpec[IqdbIndex] = JobSpec("index_iqdb", Queue.IQDB, IqdbIndex)
@@ -153,6 +176,7 @@ DELETE_FROM_IQDB: JobSpec[ImageRef] = JobSpec("delete_from_iqdb", Queue.IQDB, Im
 
 ALL_JOBS: tuple[JobSpec[Any], ...] = (
     RENDER_UPLOAD,
+    RENDER_BATCH,
     WRITE_VARIANT_FLAGS,
     RECALCULATE_RATING,
     INDEX_IQDB,

@@ -51,6 +51,14 @@ class Settings:
     render_recycle_after: int = 500
     """Renders per process before it is replaced, so memory stays flat."""
 
+    # Bulk re-rendering of the archive.
+    bulk_batch_size: int = 16
+    """Images per bulk job: fewer round trips (and the shape a GPU backend wants)."""
+    bulk_max_queued: int = 4000
+    """The feeder keeps at most this many images queued, so Redis stays flat whatever the archive."""
+    bulk_max_jobs: int = 2
+    """Bulk jobs a worker runs at once (each renders a whole batch across the pool)."""
+
     # The light workers (IQDB and database).
     light_max_jobs: int = 20
     """Concurrent jobs per IQDB or database worker (they wait on I/O, not CPU)."""

@@ -71,13 +71,16 @@ def backoff_s(job_try: int, settings: Settings) -> float:
 
 
 async def dead_letter(
-    ctx: Context, function: str, args: list[Any], kind: str, message: str
+    ctx: Context, function: str, args: list[Any], kind: str, message: str, letter_id: str | None = None
 ) -> JobFailedError:
-    """Record the failure and return the error arq stores as the job's result."""
+    """Record the failure and return the error arq stores as the job's result.
+
+    ``letter_id`` (default: the job id) tells apart several letters of one job: a bulk job
+    dead-letters each image that failed for good, and finishes the rest."""
     settings: Settings = ctx["settings"]
     letters = DeadLetters(ctx["redis"], settings.namespace, settings.dead_letter_ttl_s)
     letter = DeadLetter(
-        job_id=ctx["job_id"],
+        job_id=letter_id or ctx["job_id"],
         queue=ctx["queue"].value,
         function=function,
         args=args,

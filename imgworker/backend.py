@@ -11,7 +11,9 @@ only that job fails), and replace processes after N renders so memory stays flat
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import enum
 import multiprocessing
 import os
 import threading
@@ -26,6 +28,13 @@ LOST = ("RenderProcessCrashed", "RenderTimeout")
 """Error types of renders whose process died or was killed: the input may be to blame."""
 
 
+class Priority(enum.IntEnum):
+    """Who gets the next free render process: uploads always before archive work."""
+
+    UPLOAD = 0
+    BULK = 1
+
+
 class RenderBackend(Protocol):
     size: int
     """How many renders it runs at once."""
@@ -35,8 +44,16 @@ class RenderBackend(Protocol):
         """How many renders are running now."""
         ...
 
-    async def render_batch(self, requests: Sequence[RenderRequest]) -> list[RenderResult]:
-        """One result per request, in order; failures are results, not exceptions."""
+    async def render_batch(
+        self,
+        requests: Sequence[RenderRequest],
+        *,
+        options: RenderOptions | None = None,
+        priority: Priority = ...,
+    ) -> list[RenderResult]:
+        """One result per request, in order; failures are results, not exceptions.
+
+        ``options`` overrides the backend's (a bulk run re-rendering only some variants)."""
         ...
 
     async def close(self) -> None: ...
@@ -72,6 +89,7 @@ def _serve(conn: Connection, root: Path, options: RenderOptions) -> None:
             return
         if request is None:
             return
+        request, options = request
         try:
             conn.send(render(root, request, options))
         except (BrokenPipeError, ConnectionResetError):
@@ -86,6 +104,7 @@ class _Process:
         child.close()
         self.renders = 0
         self.ready = False
+        self.starting = asyncio.Lock()  # warm_up() and a first render may both wait for "ready"
 
     @property
     def pid(self) -> int:
@@ -124,7 +143,11 @@ async def _readable(conn: Connection, timeout_s: float | None) -> None:
 
 
 class ProcessPoolBackend:
-    """``size`` render processes (forkserver start: libvips is not fork-safe after init)."""
+    """``size`` render processes (forkserver start: libvips is not fork-safe after init).
+
+    A free process goes to the oldest waiting upload render, and only when none waits to
+    the oldest bulk render: a saturating archive run delays an upload by at most the one
+    render a process is busy with."""
 
     def __init__(
         self,
@@ -142,7 +165,10 @@ class ProcessPoolBackend:
         self.timeout_s = timeout_s
         self.recycle_after = recycle_after
         self._context = multiprocessing.get_context(start_method)
-        self._idle: asyncio.Queue[_Process] = asyncio.Queue()
+        self._idle: list[_Process] = []
+        self._waiting: dict[Priority, collections.deque[asyncio.Future[_Process]]] = {
+            p: collections.deque() for p in Priority
+        }
         self._all: set[_Process] = set()
         for _ in range(size):
             self._spawn()
@@ -150,7 +176,7 @@ class ProcessPoolBackend:
     def _spawn(self) -> None:
         proc = _Process(self._context, self.root, self.options)
         self._all.add(proc)
-        self._idle.put_nowait(proc)
+        self._release(proc)
 
     def _replace(self, proc: _Process, *, kill: bool) -> None:
         self._all.discard(proc)
@@ -160,9 +186,31 @@ class ProcessPoolBackend:
             threading.Thread(target=proc.stop, daemon=True).start()
         self._spawn()
 
+    def _release(self, proc: _Process) -> None:
+        for priority in Priority:
+            waiting = self._waiting[priority]
+            while waiting:
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_result(proc)
+                    return
+        self._idle.append(proc)
+
+    async def _acquire(self, priority: Priority) -> _Process:
+        if self._idle and not any(self._waiting.values()):
+            return self._idle.pop()
+        future: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
+        self._waiting[priority].append(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(future.result())  # handed over just as we were cancelled
+            raise
+
     @property
     def busy(self) -> int:
-        return len(self._all) - self._idle.qsize()
+        return len(self._all) - len(self._idle)
 
     @property
     def pids(self) -> list[int]:
@@ -170,8 +218,7 @@ class ProcessPoolBackend:
 
     @property
     def busy_pids(self) -> list[int]:
-        idle = set(self._idle._queue)  # type: ignore[attr-defined]  # asyncio.Queue's deque
-        return sorted(p.pid for p in self._all - idle)
+        return sorted(p.pid for p in self._all - set(self._idle))
 
     async def warm_up(self) -> None:
         """Until every process has started and imported libvips."""
@@ -179,19 +226,29 @@ class ProcessPoolBackend:
             await self._await_ready(proc)
 
     async def _await_ready(self, proc: _Process) -> None:
-        if not proc.ready:
-            await _readable(proc.conn, 60)
-            proc.conn.recv()
-            proc.ready = True
+        async with proc.starting:  # one reader per pipe: a second add_reader would replace the first
+            if not proc.ready:
+                await _readable(proc.conn, 60)
+                proc.conn.recv()
+                proc.ready = True
 
-    async def render_batch(self, requests: Sequence[RenderRequest]) -> list[RenderResult]:
-        return list(await asyncio.gather(*(self._render_one(r) for r in requests)))
+    async def render_batch(
+        self,
+        requests: Sequence[RenderRequest],
+        *,
+        options: RenderOptions | None = None,
+        priority: Priority = Priority.UPLOAD,
+    ) -> list[RenderResult]:
+        chosen = options or self.options
+        return list(await asyncio.gather(*(self._render_one(r, chosen, priority) for r in requests)))
 
-    async def _render_one(self, request: RenderRequest) -> RenderResult:
-        proc = await self._idle.get()
+    async def _render_one(
+        self, request: RenderRequest, options: RenderOptions, priority: Priority
+    ) -> RenderResult:
+        proc = await self._acquire(priority)
         try:
             await self._await_ready(proc)
-            proc.conn.send(request)
+            proc.conn.send((request, options))
             await _readable(proc.conn, self.timeout_s)
             result: RenderResult = proc.conn.recv()
         except TimeoutError:
@@ -210,13 +267,14 @@ class ProcessPoolBackend:
         if proc.renders >= self.recycle_after:
             self._replace(proc, kill=False)
         else:
-            self._idle.put_nowait(proc)
+            self._release(proc)
         return result
 
     async def close(self) -> None:
         for proc in list(self._all):
             proc.stop()
         self._all.clear()
+        self._idle.clear()
 
 
 def _lost(request: RenderRequest, error_type: str, message: str) -> RenderResult:

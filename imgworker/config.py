@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from fleet.settings import Settings
 from imgworker.render import RenderOptions, default_options
 
 
-def render_options(settings: Settings) -> RenderOptions:
-    return default_options(
+def render_options(
+    settings: Settings, variants: Sequence[str] = (), mode: str = "stale", since: float | None = None
+) -> RenderOptions:
+    """The render options for ``settings``; a bulk run may ask for only some ``variants``
+    (the IQDB JPEG comes with the thumbnail), and to skip current outputs (``mode``)."""
+    options = default_options(
         thumb_size=settings.thumb_size,
         thumb_format=settings.thumb_format,
         thumb_quality=settings.thumb_quality,
@@ -18,3 +25,11 @@ def render_options(settings: Settings) -> RenderOptions:
         max_pixels=settings.max_pixels,
         iqdb=settings.iqdb_url is not None,
     )
+    if variants:
+        wanted = set(variants) | ({"iqdb"} if "thumb" in variants else set())
+        options = replace(options, variants=tuple(v for v in options.variants if v.name in wanted))
+    if mode == "stale":
+        options = replace(options, skip_current_since=since)
+    elif mode == "missing":
+        options = replace(options, skip_existing=True)
+    return options

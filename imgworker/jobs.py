@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fleet.bulk import BulkRun
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
-from fleet.registry import RENDER_UPLOAD, RenderUpload
+from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
 from fleet.settings import Settings
-from fleet.worker import Context, handles
-from imgworker.backend import LOST, RenderBackend
+from fleet.worker import Context, backoff_s, dead_letter, handles
+from imgworker.backend import LOST, Priority, RenderBackend
+from imgworker.config import render_options
 from imgworker.render import RenderRequest, RenderResult, VariantStatus
 
 
@@ -35,21 +37,26 @@ async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
     raise error(message, kind=result.error_type)
 
 
-async def queue_follow_ups(client: FleetClient, result: RenderResult) -> None:
+async def queue_follow_ups(client: FleetClient, result: RenderResult, reindex: str = "always") -> None:
     """Flags and IQDB right after the render, no fixed delay: the thumbnail exists now.
 
-    If queueing fails the render job is retried (rendering again is harmless); the upload is
-    never left with files on disk but no flags."""
+    Flags are written for the variants this render produced. IQDB is told when ``reindex``
+    is "always", or "changed" and the thumbnail's bytes changed. If queueing fails the render
+    job is retried (rendering again is harmless): files are never left on disk with no flags."""
     outputs = result.outputs
-    none = VariantStatus.NONE
+    flags = {v: int(outputs[v].status) for v in ("medium", "large") if v in outputs}
     try:
-        await client.write_variant_flags(
-            result.image_id,
-            medium=int(outputs["medium"].status if "medium" in outputs else none),
-            large=int(outputs["large"].status if "large" in outputs else none),
-        )
+        if flags:
+            none = int(VariantStatus.NONE)
+            await client.write_variant_flags(
+                result.image_id, medium=flags.get("medium", none), large=flags.get("large", none)
+            )
         iqdb = outputs.get("iqdb")
-        if iqdb is not None and iqdb.path is not None:
+        if (
+            iqdb is not None
+            and iqdb.path is not None
+            and (reindex == "always" or (reindex == "changed" and iqdb.changed))
+        ):
             await client.index_iqdb(result.image_id, iqdb.path)
     except EnqueueError as exc:
         raise TransientError(f"rendered, but follow-up jobs could not be queued: {exc}") from exc
@@ -62,3 +69,67 @@ async def render_upload(ctx: Context, payload: RenderUpload) -> dict[str, Any]:
     await raise_for_failure(ctx, result)
     await queue_follow_ups(ctx["fleet"], result)
     return dataclasses.asdict(result)
+
+
+@handles(RENDER_BATCH)
+async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
+    """Re-render a batch of a bulk run, below every upload in the pool's order.
+
+    Each image's outcome is recorded once in the run (a batch that runs again after a worker
+    crash skips what it finished); failures are per image: a permanent one is dead-lettered
+    alone, transient ones go back as a smaller batch with backoff."""
+    settings: Settings = ctx["settings"]
+    items = list(zip(payload.image_ids, payload.filenames, payload.exts, strict=False))
+    if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts):
+        raise PermanentError("image_ids, filenames and exts differ in length", kind="InvalidPayloadError")
+    run = BulkRun(ctx["redis"], settings.namespace, payload.run_id)
+    todo = [item for item in items if not await run.is_done(item[0])]
+    options = render_options(settings, payload.variants, payload.mode, ctx.get("settings_since"))
+    backend: RenderBackend = ctx["backend"]
+    results = await backend.render_batch(
+        [RenderRequest(*item) for item in todo], options=options, priority=Priority.BULK
+    )
+    counts = dict.fromkeys(("rendered", "skipped", "failed", "retried"), 0)
+    again: list[tuple[int, str, str]] = []
+    for item, result in zip(todo, results, strict=True):
+        image_id, filename, ext = item
+        if result.ok:
+            if payload.with_db and not result.skipped:
+                await queue_follow_ups(ctx["fleet"], result, payload.reindex)
+            outcome = "skipped" if result.skipped else "rendered"
+        elif (
+            result.permanent
+            or (result.error_type in LOST and payload.attempt >= 2)
+            or (payload.attempt >= settings.max_tries)
+        ):
+            one = dataclasses.replace(
+                payload, image_ids=[image_id], filenames=[filename], exts=[ext], attempt=1
+            )
+            await dead_letter(
+                ctx,
+                RENDER_BATCH.name,
+                [RENDER_BATCH.encode(one)],
+                result.error_type or "RenderError",
+                f"{result.file}: {result.error}",
+                letter_id=f"{ctx['job_id']}-{image_id}",
+            )
+            outcome = "failed"
+        else:
+            again.append(item)
+            counts["retried"] += 1
+            continue
+        if await run.record(image_id, outcome):
+            counts[outcome] += 1
+    if again:
+        retry = dataclasses.replace(
+            payload,
+            image_ids=[i for i, _, _ in again],
+            filenames=[f for _, f, _ in again],
+            exts=[e for _, _, e in again],
+            attempt=payload.attempt + 1,
+        )
+        try:
+            await ctx["fleet"].enqueue(RENDER_BATCH, retry, defer_s=backoff_s(payload.attempt, settings))
+        except EnqueueError as exc:
+            raise TransientError(f"could not queue the retry of {len(again)} images: {exc}") from exc
+    return counts

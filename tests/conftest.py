@@ -83,13 +83,15 @@ async def client(settings: Settings) -> AsyncIterator[FleetClient]:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(*worker_kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+async def running_worker(*worker_kwargs: dict[str, Any] | list[dict[str, Any]]) -> AsyncIterator[Any]:
     """arq workers in this event loop (renders still run in the img worker's process pool).
 
-    Yields the worker, or a list of them when given several."""
+    Takes worker settings as the factories return them (a dict, or a list for a worker kind
+    serving several queues); yields the worker, or a list of them when there are several."""
     from fleet.worker import make_worker
 
-    workers = [make_worker(kwargs, handle_signals=False) for kwargs in worker_kwargs]
+    flat = [k for kwargs in worker_kwargs for k in (kwargs if isinstance(kwargs, list) else [kwargs])]
+    workers = [make_worker(kwargs, handle_signals=False) for kwargs in flat]
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     try:
         yield workers[0] if len(workers) == 1 else workers

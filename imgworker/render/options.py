@@ -36,6 +36,11 @@ class RenderOptions:
     max_pixels: int = 100_000_000
     fail_on: str = "truncated"
     """libvips' fail_on for loads: a truncated file is an error, not a grey-filled image."""
+    skip_current_since: float | None = None
+    """Skip an original whose wanted outputs all exist, newer than both the original and this
+    time (when the current settings took effect): re-running a bulk pass is cheap."""
+    skip_existing: bool = False
+    """Skip an original whose wanted outputs all exist, however old (repairing losses)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variants", tuple(sorted(self.variants, key=lambda v: -v.edge)))
@@ -83,6 +88,8 @@ class Output:
     width: int = 0
     height: int = 0
     bytes: int = 0
+    changed: bool = True
+    """False when the file already held exactly these bytes (it was not rewritten)."""
 
 
 @dataclass(slots=True)
@@ -95,3 +102,5 @@ class RenderResult:
     error_type: str | None = None
     permanent: bool = True
     seconds: float = 0.0
+    skipped: bool = False
+    """Its outputs were already current: nothing was decoded or written."""

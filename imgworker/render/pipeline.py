@@ -31,6 +31,8 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
         outputs = _render(root, request, options)
+    except _AlreadyCurrent:
+        return RenderResult(request.image_id, file, True, skipped=True, seconds=time.perf_counter() - started)
     except (RenderError, UnsafePathError) as exc:
         error: Exception = exc
     except pyvips.Error as exc:
@@ -54,8 +56,11 @@ def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[
     header = steps.inspect(source, options.max_pixels)
     longest = max(header.width, header.height)
     wanted = [v for v in options.variants if v.always or longest > v.edge]
+    original = source.stat()
+    if _current(root, request, wanted, original.st_mtime, options):
+        raise _AlreadyCurrent
     outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
-    original_bytes = source.stat().st_size
+    original_bytes = original.st_size
 
     image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on, header.has_profile))
     for index, variant in enumerate(wanted):
@@ -64,6 +69,40 @@ def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[
             image = image.copy_memory()  # decode once; smaller variants start from these pixels
         outputs[variant.name] = _write_variant(root, request, variant, image, original_bytes)
     return outputs
+
+
+class _AlreadyCurrent(Exception):
+    pass
+
+
+def _current(
+    root: Path, request: RenderRequest, wanted: list[Variant], original_mtime: float, options: RenderOptions
+) -> bool:
+    """Whether every wanted output exists (and, unless only existence counts, is newer than
+    both the original and the current settings). Costs a few stat calls."""
+    if options.skip_current_since is None and not options.skip_existing:
+        return False
+    since = 0.0 if options.skip_existing else max(original_mtime, options.skip_current_since or 0.0)
+    for variant in wanted:
+        try:
+            mtime = (
+                storage.output_path(root, variant.folder, request.filename, _ext(variant, request))
+                .stat()
+                .st_mtime
+            )
+        except FileNotFoundError:
+            if variant.always:
+                return False
+            continue  # a medium/large that was NONE (not smaller than the original) has no file
+        if mtime < since:
+            return False
+    return True
+
+
+def _ext(variant: Variant, request: RenderRequest) -> str:
+    if variant.format is None:
+        return request.ext
+    return "jpg" if variant.format == "jpeg" else variant.format
 
 
 def _write_variant(
@@ -77,9 +116,8 @@ def _write_variant(
     data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
     if not variant.always and len(data) >= original_bytes:
         return _drop(root, variant, request)  # no smaller than the original: serve the original
-    ext = request.ext if variant.format is None else ("jpg" if fmt == "jpeg" else fmt)
-    path = storage.output_path(root, variant.folder, request.filename, ext)
-    storage.atomic_write(path, data)
+    path = storage.output_path(root, variant.folder, request.filename, _ext(variant, request))
+    changed = storage.atomic_write(path, data)
     return Output(
         variant.name,
         VariantStatus.READY,
@@ -87,6 +125,7 @@ def _write_variant(
         image.width,
         image.height,
         len(data),
+        changed,
     )
 
 

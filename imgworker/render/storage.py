@@ -36,9 +36,16 @@ def output_path(root: Path, folder: str, filename: str, ext: str) -> Path:
     return inside(root, directory) / f"{filename}.{ext}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> bool:
     """Write via a temp file in the same folder and rename: a killed writer never leaves a
-    partial file at ``path``. Temp names start with '.' and end in '.tmp'."""
+    partial file at ``path``. Temp names start with '.' and end in '.tmp'.
+
+    Returns False, writing nothing, when ``path`` already holds exactly ``data`` (its mtime
+    is refreshed: the file is current for the settings that just produced it)."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            os.utime(path)
+            return False
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -47,6 +54,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {exc}") from exc
+    return True
 
 
 def remove_stale_temps(root: Path, folders: list[str], older_than_s: float = 600.0) -> int:
