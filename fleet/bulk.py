@@ -15,11 +15,11 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
@@ -190,7 +190,8 @@ class Summary:
         return {**data, **self.extra}
 
 
-Progress = Callable[[dict[str, int], float], None]
+class Progress(Protocol):
+    def __call__(self, counts: dict[str, int], elapsed_s: float, final: bool = False) -> None: ...
 
 
 async def _enqueue_batch(
@@ -247,11 +248,11 @@ async def rethumb(
     total, cursor = int(state["total"]), int(state["cursor"])
     counts_at_start = await run.processed()
 
-    async def report() -> int:
+    async def report(final: bool = False) -> int:
         current = await run.state()
         counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
         if progress is not None:
-            progress(counts, time.monotonic() - started)
+            progress(counts, time.monotonic() - started, final)
         return sum(counts[o] for o in OUTCOMES)
 
     async for items in _batches(work, cursor, settings.bulk_batch_size):
@@ -270,6 +271,7 @@ async def rethumb(
         await _enqueue_batch(redis, settings, run, payload, items[-1][0], len(items))
     while await report() < total:
         await asyncio.sleep(poll_s)
+    await report(final=True)
     await redis.hset(run.key, mapping={"finished": 1, "finished_at": time.time()})  # type: ignore[misc]
     summary = _summary(run.run_id, await run.state())
     summary.seconds = round(time.monotonic() - started, 3)

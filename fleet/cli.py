@@ -149,7 +149,7 @@ async def _rethumb(args: argparse.Namespace) -> int:
     from fleet.progress import ProgressReporter
 
     configured = get_settings()
-    configure_logging(configured.replace(log_level="WARNING") if not args.json else configured)
+    configure_logging(configured.replace(log_level="WARNING"))  # the progress bar, then one JSON line
     selection = Selection(
         ids=args.ids,
         since=args.since,
@@ -160,7 +160,7 @@ async def _rethumb(args: argparse.Namespace) -> int:
         reindex=args.reindex,
     )
     engine = None if args.from_dir else db.create_engine(_with_database(configured))
-    reporter = ProgressReporter()
+    reporter = None if args.json else ProgressReporter()
     try:
         async with await FleetClient.connect(configured) as client:
             summary = await rethumb(
@@ -171,14 +171,9 @@ async def _rethumb(args: argparse.Namespace) -> int:
         if engine is not None:
             await engine.dispose()
     data = summary.as_json()
-    if args.json:
-        print(json.dumps(data))
-    else:
-        reporter({"total": summary.total, "rendered": summary.rendered, "skipped": summary.skipped,
-                  "failed": summary.failed}, summary.seconds or 1e-9, final=True)  # fmt: skip
-        if summary.already_finished:
-            print(f"run {summary.run_id} already finished; --force renders it again", file=sys.stderr)
-        print(json.dumps(data))
+    if summary.already_finished:
+        print(f"run {summary.run_id} already finished; --force renders it again", file=sys.stderr)
+    print(json.dumps(data))
     return 1 if summary.failed else 0
 
 

@@ -1,10 +1,10 @@
 """``fleet demo``: the main job end to end on embedded services.
 
 Generates a sample archive and its rows in a SQLite board database, starts a private Redis,
-a real img worker process and a light (IQDB + database) worker process, queues every upload
-and every vote through the public client, waits for each result, checks every expected
-output exists and decodes, that variant flags and ratings were written, and prints one JSON
-summary as its last line.
+a real img worker process and a light (IQDB + database) worker process, queues every vote
+through the public client and renders the whole archive through the bulk path (``fleet
+rethumb``, with its progress bar), then checks every expected output exists and decodes and
+that variant flags and ratings were written, and prints one JSON summary as its last line.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from arq.jobs import Job
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import corpus, db
+from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
-from fleet.errors import JobFailedError
 from fleet.logging import configure_logging, get_logger
 from fleet.processes import wait_healthy, worker_process
+from fleet.progress import ProgressReporter
 from fleet.registry import Queue
 from fleet.services import embedded_defaults
 from fleet.settings import Settings, get_settings
@@ -34,38 +34,31 @@ from fleet.settings import Settings, get_settings
 log = get_logger("fleet.demo")
 
 
-async def _result(job: Job, timeout_s: float) -> dict[str, Any] | str:
-    try:
-        result: dict[str, Any] = await job.result(timeout=timeout_s, poll_delay=0.05)
-    except JobFailedError as exc:
-        return str(exc)
-    return result
-
-
-def verify(root: Path, sample: corpus.Sample, result: dict[str, Any], settings: Settings) -> str | None:
-    """None when every expected output is there and decodes; else what is wrong."""
+def verify(root: Path, sample: corpus.Sample, medium: int, large: int, settings: Settings) -> str | None:
+    """None when the outputs on disk and the flags in the database are right; else what is wrong."""
     import pyvips
 
-    outputs = result["outputs"]
-    expected = {"thumb": settings.thumb_size, "medium": settings.medium_edge, "large": settings.large_edge}
-    for variant, edge in expected.items():
-        out = outputs.get(variant)
-        if out is None:
-            return f"{variant} missing from the result"
-        must_exist = variant == "thumb"
-        if out["status"] == 0:  # NONE: allowed only for a variant the original does not exceed,
-            if must_exist:  # or one whose rendition was not smaller than the original
-                return "thumb is NONE"
+    thumb_ext = "jpg" if settings.thumb_format == "jpeg" else settings.thumb_format
+    expected = [
+        ("thumb", "thumbs", thumb_ext, settings.thumb_size, 1),
+        ("medium", "medium", sample.ext, settings.medium_edge, medium),
+        ("large", "large", sample.ext, settings.large_edge, large),
+    ]
+    for variant, folder, ext, edge, flag in expected:
+        if flag == 2:
+            return f"{variant} flag still PENDING"
+        if flag == 0:  # NONE: the original does not exceed the edge, or the rendition was not smaller
             continue
-        if not must_exist and sample.longest <= edge:
-            return f"{variant} rendered for a {sample.longest} px original"
+        if variant != "thumb" and sample.longest <= edge:
+            return f"{variant} READY for a {sample.longest} px original"
+        path = root / folder / f"{sample.filename}.{ext}"
         try:
-            image = pyvips.Image.new_from_file(str(root / out["path"]), fail_on="error")
+            image = pyvips.Image.new_from_file(str(path), fail_on="error")
             image.avg()  # forces a full decode
         except pyvips.Error as exc:
-            return f"{out['path']} does not decode: {exc}"
+            return f"{folder}/{path.name} is missing or does not decode: {exc}"
         if max(image.width, image.height) > edge:
-            return f"{out['path']} is {image.width}x{image.height}, over {edge}"
+            return f"{folder}/{path.name} is {image.width}x{image.height}, over {edge}"
     return None
 
 
@@ -120,40 +113,44 @@ async def run_demo(images: int, root: Path, settings: Settings) -> dict[str, Any
     votes = await seed_board(engine, samples)
     columns = db.images.c
 
-    with worker_process(["img"], settings), worker_process(["light"], settings):
+    quiet = settings.replace(log_level="WARNING")  # keep the progress bar readable
+    with worker_process(["img"], quiet), worker_process(["light"], quiet):
         async with await FleetClient.connect(settings) as client:
-            for queue in (Queue.IMG, Queue.IQDB, Queue.DB):
+            for queue in (Queue.IMG, Queue.IMG_BULK, Queue.IQDB, Queue.DB):
                 await wait_healthy(client, queue)
-            log.info("workers up; queueing uploads and votes", pool=settings.pool_size)
-            started = time.monotonic()
-            jobs = [await client.render_upload(s.image_id, s.filename, s.ext) for s in samples]
+            log.info("workers up; queueing votes and the archive", pool=settings.pool_size)
             for image_id, count in votes.items():  # one call per vote, as the API makes them
                 for _ in range(count):
                     await client.recalculate_rating(image_id)
-            results = await asyncio.gather(*(_result(job, 600) for job in jobs))
-            seconds = time.monotonic() - started
+            run = await rethumb(
+                client.redis, settings, Selection(), engine=engine, progress=ProgressReporter()
+            )
             flags_written = await wait_for_rows(
                 engine, (columns.medium != 2) & (columns.large != 2), images, 60
             )
             ratings_recalculated = await wait_for_rows(
                 engine, columns.image_id.in_(list(votes)) & (columns.num_ratings > 0), len(votes), 60
             )
+        async with engine.connect() as conn:
+            flags = {
+                i: (m, g)
+                for i, m, g in await conn.execute(sa.select(columns.image_id, columns.medium, columns.large))
+            }
     await engine.dispose()
 
     problems: dict[str, str] = {}
-    for sample, result in zip(samples, results, strict=True):
-        problem = result if isinstance(result, str) else verify(root, sample, result, settings)
+    for sample in samples:
+        problem = verify(root, sample, *flags[sample.image_id], settings)
         if problem:
             problems[f"{sample.filename}.{sample.ext}"] = problem
     for name, problem in list(problems.items())[:10]:
-        log.error("upload failed", file=name, problem=problem)
-    rendered = images - len(problems)
+        log.error("image failed", file=name, problem=problem)
     return {
         "images": images,
-        "rendered": rendered,
-        "failed": len(problems),
-        "seconds": round(seconds, 3),
-        "renders_per_s": round(images / seconds, 2) if seconds else 0.0,
+        "rendered": min(run.rendered, images - len(problems)),
+        "failed": max(run.failed, len(problems)),
+        "seconds": run.seconds,
+        "renders_per_s": run.images_per_s,
         "processes": settings.pool_size,
         "flags_written": flags_written,
         "ratings_recalculated": ratings_recalculated,

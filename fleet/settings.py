@@ -44,6 +44,9 @@ class Settings:
     # The img worker.
     img_pool_size: int = 0
     """Render processes per img worker; 0 means the CPU count."""
+    img_upload_reserve: int = 1
+    """Render processes kept free of bulk work, on top of IMG_POOL_SIZE, so an upload during
+    an archive run starts at once (bulk still uses IMG_POOL_SIZE processes)."""
     img_max_jobs: int = 0
     """Concurrent jobs per img worker; 0 means twice the pool size, so the pool never idles."""
     render_timeout_s: float = 120.0

@@ -146,8 +146,10 @@ class ProcessPoolBackend:
     """``size`` render processes (forkserver start: libvips is not fork-safe after init).
 
     A free process goes to the oldest waiting upload render, and only when none waits to
-    the oldest bulk render: a saturating archive run delays an upload by at most the one
-    render a process is busy with."""
+    the oldest bulk render. On top, ``reserve`` processes are kept free of bulk work: bulk
+    renders use at most ``size - reserve`` processes, so an upload arriving during a
+    saturating archive run starts at once instead of waiting for a bulk render to end. (The
+    img worker sizes the pool at CPU count + reserve: bulk still uses every core.)"""
 
     def __init__(
         self,
@@ -157,11 +159,15 @@ class ProcessPoolBackend:
         *,
         timeout_s: float = 120.0,
         recycle_after: int = 500,
+        reserve: int = 0,
         start_method: str = "forkserver",
     ) -> None:
+        if not 0 <= reserve < size:
+            raise ValueError(f"reserve={reserve} must leave bulk work at least one of {size} processes")
         self.root = root
         self.options = options
         self.size = size
+        self.reserve = reserve
         self.timeout_s = timeout_s
         self.recycle_after = recycle_after
         self._context = multiprocessing.get_context(start_method)
@@ -188,6 +194,8 @@ class ProcessPoolBackend:
 
     def _release(self, proc: _Process) -> None:
         for priority in Priority:
+            if priority is Priority.BULK and len(self._idle) < self.reserve:
+                break  # this process refills the reserve kept for uploads
             waiting = self._waiting[priority]
             while waiting:
                 future = waiting.popleft()
@@ -196,8 +204,19 @@ class ProcessPoolBackend:
                     return
         self._idle.append(proc)
 
+    def _queued(self, priority: Priority) -> bool:
+        """Whether renders of ``priority`` are waiting (dropping ones cancelled meanwhile)."""
+        waiting = self._waiting[priority]
+        while waiting and waiting[0].done():
+            waiting.popleft()
+        return bool(waiting)
+
     async def _acquire(self, priority: Priority) -> _Process:
-        if self._idle and not any(self._waiting.values()):
+        if priority is Priority.UPLOAD:
+            can_start = bool(self._idle) and not self._queued(Priority.UPLOAD)
+        else:
+            can_start = len(self._idle) > self.reserve and not any(self._queued(p) for p in Priority)
+        if can_start:
             return self._idle.pop()
         future: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
         self._waiting[priority].append(future)

@@ -45,9 +45,10 @@ class SharedPool:
             self.backend = ProcessPoolBackend(
                 settings.storage_path,
                 options,
-                settings.pool_size,
+                settings.pool_size + settings.img_upload_reserve,
                 timeout_s=settings.render_timeout_s,
                 recycle_after=settings.render_recycle_after,
+                reserve=settings.img_upload_reserve,
             )
             await self.backend.warm_up()
 

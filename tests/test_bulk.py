@@ -257,6 +257,29 @@ async def test_uploads_overtake_queued_bulk_renders(storage: Path) -> None:
     assert finished[:2] == ["bulk0", "upload"]  # the upload waited for one render, not three
 
 
+async def test_a_reserved_process_lets_an_upload_start_during_a_saturating_bulk_run(storage: Path) -> None:
+    name = images.jpeg(storage, "b.jpg", 1600, 1200)
+    backend = ProcessPoolBackend(storage, default_options(), size=2, reserve=1)
+    started: list[str] = []
+    try:
+        await backend.warm_up()
+
+        async def render(label: str, priority: Priority) -> None:
+            await backend.render_batch([RenderRequest(0, *name)], priority=priority)
+            started.append(label)
+
+        bulk = [asyncio.create_task(render(f"bulk{i}", Priority.BULK)) for i in range(3)]
+        await asyncio.sleep(0.02)
+        assert backend.busy == 1  # bulk work never takes the reserved process
+        upload = asyncio.create_task(render("upload", Priority.UPLOAD))
+        await asyncio.sleep(0.01)
+        assert backend.busy == 2  # the upload started at once, beside the bulk render
+        await asyncio.gather(*bulk, upload)
+    finally:
+        await backend.close()
+    assert started.index("upload") <= 1
+
+
 async def test_dry_run_and_from_dir(bulk_settings: Settings, client: FleetClient) -> None:
     settings = bulk_settings
     for i in range(7):

@@ -1,0 +1,128 @@
+"""Bulk re-rendering and upload latency, measured side by side in one run.
+
+    uv run python -m bench.bulk [--images N] [--uploads N]
+
+1. The same originals rendered (a) directly through a render pool of the img worker's size,
+   (b) through the fleet: ``rethumb`` feeding the img-bulk queue of a real worker process.
+   Reports images/s of both and ``efficiency`` = fleet / direct.
+2. Upload latency (queueing to result) idle, then while a bulk run saturates the same worker:
+   p50/p95 of both and the p95 ratio (the target: within 2x).
+Absolute times are printed; only ratios mean anything on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from fleet import corpus, db
+from fleet.bulk import Selection, rethumb
+from fleet.client import FleetClient
+from fleet.processes import wait_healthy, worker_process
+from fleet.registry import Queue
+from fleet.services import EmbeddedRedis
+from fleet.settings import Settings
+from imgworker.backend import ProcessPoolBackend
+from imgworker.config import render_options
+from imgworker.render import RenderRequest
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def direct(settings: Settings, samples: list[corpus.Sample]) -> float:
+    backend = ProcessPoolBackend(settings.storage_path, render_options(settings), settings.pool_size)
+    try:
+        await backend.warm_up()
+        requests = [RenderRequest(s.image_id, s.filename, s.ext) for s in samples]
+        started = time.perf_counter()
+        results = await backend.render_batch(requests)
+        seconds = time.perf_counter() - started
+    finally:
+        await backend.close()
+    assert all(r.ok for r in results)
+    return len(samples) / seconds
+
+
+async def upload_latencies(client: FleetClient, name: tuple[str, str], count: int, first: int) -> list[float]:
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        job = await client.render_upload(900_000 + first + i, *name)
+        await job.result(timeout=120, poll_delay=0.005)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+async def main(images: int, uploads: int) -> dict[str, Any]:
+    with EmbeddedRedis() as redis, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        settings = Settings(redis_url=redis.url, storage_path=root, database_url=f"sqlite+aiosqlite:///{root}/b.db",
+                            log_level="WARNING", namespace="bench")  # fmt: skip
+        samples = corpus.plan(images, seed=11, min_edge=400, max_edge=1600)
+        corpus.generate(root, samples)
+        upload = corpus.Sample(999_999, "2025-06-01-upload", "jpg", "jpeg", 1600, 1200, 5)
+        corpus.write_sample(root, upload)
+        engine = db.create_engine(settings)
+        await db.create_schema(engine)
+        rows = [{"image_id": s.image_id, "filename": s.filename, "ext": s.ext} for s in samples]
+        rows += [
+            {"image_id": 900_000 + i, "filename": upload.filename, "ext": upload.ext}
+            for i in range(2 * uploads)
+        ]
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(db.images), rows)
+
+        direct_per_s = await direct(settings, samples)
+        with worker_process(["img"], settings), worker_process(["light"], settings):
+            async with await FleetClient.connect(settings) as client:
+                for queue in (Queue.IMG, Queue.IMG_BULK, Queue.DB):
+                    await wait_healthy(client, queue)
+                run = await rethumb(
+                    client.redis, settings, Selection(), engine=engine, force=True, poll_s=0.02
+                )
+                fleet_per_s = run.total / run.seconds
+
+                idle = await upload_latencies(client, (upload.filename, upload.ext), uploads, 0)
+                bulk = asyncio.create_task(
+                    rethumb(client.redis, settings, Selection(mode="all", reindex="never"), engine=engine,
+                            force=True, poll_s=0.05)
+                )  # fmt: skip
+                await asyncio.sleep(1.0)  # let the bulk run saturate the pool
+                busy = await upload_latencies(client, (upload.filename, upload.ext), uploads, uploads)
+                await bulk
+        await engine.dispose()
+    return {
+        "images": images,
+        "processes": settings.pool_size,
+        "direct_images_per_s": round(direct_per_s, 1),
+        "fleet_bulk_images_per_s": round(fleet_per_s, 1),
+        "efficiency": round(fleet_per_s / direct_per_s, 3),
+        "upload_idle_ms": {
+            "p50": round(statistics.median(idle) * 1000, 1),
+            "p95": round(percentile(idle, 0.95) * 1000, 1),
+        },
+        "upload_during_bulk_ms": {
+            "p50": round(statistics.median(busy) * 1000, 1),
+            "p95": round(percentile(busy, 0.95) * 1000, 1),
+        },
+        "upload_p95_ratio": round(percentile(busy, 0.95) / percentile(idle, 0.95), 2),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--uploads", type=int, default=40)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.images, args.uploads))))
