@@ -138,6 +138,55 @@ def _cmd_dead(args: argparse.Namespace) -> int:
     return asyncio.run(_dead(args))
 
 
+async def _health(args: argparse.Namespace) -> int:
+    from fleet import health
+
+    settings = get_settings()
+    queues = [Queue(args.queue)] if args.queue else list(Queue)
+    async with await FleetClient.connect(settings) as client:
+        results = [await health.check(client.redis, settings, q) for q in queues]
+    for result in results:
+        state = "ok" if result.healthy else "FAIL"
+        print(f"{result.queue:9} {state:4} live={len(result.live)} stale={','.join(result.stale) or '-'}")
+    return 0 if all(r.healthy for r in results) else 1
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from fleet import health
+
+    settings = get_settings()
+    async with await FleetClient.connect(settings) as client:
+        rows = [await health.status(client.redis, settings, q) for q in Queue]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    columns = [
+        "queue",
+        "ready",
+        "deferred",
+        "in_progress",
+        "dead_letters",
+        "live_replicas",
+        "finished_last_minute",
+    ]
+    print("  ".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        print("  ".join(f"{row[c]!s:>12}" for c in columns))
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_health(args))
+    except FleetError as exc:
+        print(f"fleet health: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args))
+
+
 def _id_range(text: str) -> tuple[int, int]:
     first, _, last = text.partition("-")
     return int(first), int(last or first)
@@ -213,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_cmd_worker)
+
+    health = sub.add_parser(
+        "health", help="exit non-zero unless every queue (or --queue) has live replicas, none stale"
+    )
+    health.add_argument("--queue", choices=[q.value for q in Queue])
+    health.set_defaults(run=_cmd_health)
+
+    status = sub.add_parser(
+        "status", help="per queue: ready, deferred, in progress, dead letters, replicas, throughput"
+    )
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_cmd_status)
 
     dead = sub.add_parser("dead", help="list, retry or purge dead letters (jobs that failed for good)")
     dead.add_argument("action", choices=["list", "retry", "purge"])

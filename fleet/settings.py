@@ -84,6 +84,9 @@ class Settings:
     lock_ttl_s: float = 10.0
     """A running job's lock lives this long unless its worker renews it (every third of it):
     a SIGKILLed worker's jobs run again elsewhere after about this long."""
+    health_interval_s: float = 5.0
+    """A replica beats twice per interval; `fleet health` calls it stale after one interval
+    without a beat."""
     drain_grace_s: int = 30
     """On SIGTERM a worker takes no new jobs and gives running ones this long to finish;
     the rest are cancelled and go back to the queue."""

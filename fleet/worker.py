@@ -35,6 +35,7 @@ from fleet.client import FleetClient
 from fleet.connections import worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobError, JobFailedError, PermanentError, RegistryError, TransientError
+from fleet.health import Heartbeat, ReplicaStats, count_finished
 from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
 from fleet.settings import Settings
 
@@ -94,12 +95,26 @@ async def dead_letter(
     return JobFailedError(kind, message)
 
 
-def _adapt(handler: Handler[Any], settings: Settings, timeout_s: float, locks: LockKeeper) -> Function:
+def _adapt(
+    handler: Handler[Any], settings: Settings, timeout_s: float, locks: LockKeeper, stats: ReplicaStats
+) -> Function:
     spec = handler.spec
 
     async def run_job(ctx: Context, data: Any = None) -> Any:
+        stats.started += 1
         async with locks.hold(ctx):
-            return await _run(ctx, data)
+            try:
+                result = await _run(ctx, data)
+            except Retry:
+                stats.retried += 1
+                raise
+            except JobFailedError:
+                stats.dead_lettered += 1
+                await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
+                raise
+        stats.succeeded += 1
+        await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
+        return result
 
     async def _run(ctx: Context, data: Any) -> Any:
         job_try = int(ctx.get("job_try", 1))
@@ -233,6 +248,8 @@ def build_worker(
         raise RegistryError(f"worker for {queue} registers a job twice: {given}")
 
     locks = LockKeeper(settings.lock_ttl_s)
+    stats = ReplicaStats(running=locks.running)
+    heartbeat = Heartbeat(settings, queue, stats)
 
     async def startup(ctx: Context) -> None:
         ctx["settings"] = settings
@@ -241,14 +258,16 @@ def build_worker(
         locks.start(ctx)
         if on_startup is not None:
             await on_startup(ctx)
+        heartbeat.start(ctx["redis"])  # live only once it can serve
 
     async def shutdown(ctx: Context) -> None:
+        await heartbeat.stop(ctx["redis"])
         await locks.stop()
         if on_shutdown is not None:
             await on_shutdown(ctx)
 
     name = queue_key(settings.namespace, queue)
-    functions = [_adapt(h, settings, job_timeout_s, locks) for h in handlers]
+    functions = [_adapt(h, settings, job_timeout_s, locks, stats) for h in handlers]
     functions.append(func(_quarantine, name=QUARANTINE, max_tries=1000))
     return {
         "functions": functions,

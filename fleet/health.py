@@ -1,0 +1,170 @@
+"""Per-replica heartbeats, ``fleet health`` and ``fleet status``.
+
+arq writes one health key per queue, so replicas overwrite each other and a dead replica
+hides behind a live one. Here every replica beats on its own (``{ns}:replicas:{queue}``, a
+sorted set scored by the last beat, with the replica's numbers in a hash), and finished jobs
+are counted in 10-second buckets for a per-queue throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from fleet.registry import Queue, queue_key
+from fleet.settings import Settings
+
+log = logging.getLogger("fleet.health")
+
+BUCKET_S = 10
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _replicas_key(namespace: str, queue: Queue) -> str:
+    return f"{namespace}:replicas:{queue.value}"
+
+
+def _bucket_key(namespace: str, queue: Queue, bucket: int) -> str:
+    return f"{namespace}:finished:{queue.value}:{bucket}"
+
+
+@dataclass
+class ReplicaStats:
+    """What one replica did since it started; beaten into Redis with each heartbeat."""
+
+    started: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    running: set[str] = field(default_factory=set)
+
+
+class Heartbeat:
+    def __init__(self, settings: Settings, queue: Queue, stats: ReplicaStats) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.stats = stats
+        self.replica = replica_id()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, redis: ArqRedis) -> None:
+        self._task = asyncio.create_task(self._run(redis))
+
+    async def stop(self, redis: ArqRedis) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(OSError):  # a clean stop is not a dead replica
+            key = _replicas_key(self.settings.namespace, self.queue)
+            await redis.zrem(key, self.replica)
+            await redis.hdel(f"{key}:info", self.replica)  # type: ignore[misc]
+
+    async def beat(self, redis: ArqRedis) -> None:
+        key = _replicas_key(self.settings.namespace, self.queue)
+        now = time.time()
+        info = {
+            "replica": self.replica,
+            "at": now,
+            "started": self.stats.started,
+            "succeeded": self.stats.succeeded,
+            "retried": self.stats.retried,
+            "dead_lettered": self.stats.dead_lettered,
+            "running": len(self.stats.running),
+        }
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {self.replica: now})
+            pipe.hset(f"{key}:info", self.replica, json.dumps(info))
+            await pipe.execute()
+
+    async def _run(self, redis: ArqRedis) -> None:
+        while True:
+            try:
+                await self.beat(redis)
+            except OSError as exc:
+                log.warning("heartbeat not written: %s", exc)
+            await asyncio.sleep(self.settings.health_interval_s / 2)  # one missed beat is tolerated
+
+
+async def count_finished(redis: ArqRedis, namespace: str, queue: Queue) -> None:
+    key = _bucket_key(namespace, queue, int(time.time()) // BUCKET_S)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        await pipe.execute()
+
+
+@dataclass
+class QueueHealth:
+    queue: str
+    live: list[str]
+    stale: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.live) and not self.stale
+
+
+async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealth:
+    """Live replicas beat within the last interval (they beat twice per interval); stale ones
+    stopped beating without stopping cleanly (killed), so a SIGKILLed replica is reported
+    within one interval. Stale entries are forgotten after ten intervals."""
+    key = _replicas_key(settings.namespace, queue)
+    now = time.time()
+    fresh_after = now - settings.health_interval_s
+    forget_before = now - 10 * settings.health_interval_s
+    beats = await redis.zrange(key, 0, -1, withscores=True)
+    live, stale, gone = [], [], []
+    for member, at in beats:
+        name = member.decode()
+        if at >= fresh_after:
+            live.append(name)
+        elif at >= forget_before:
+            stale.append(name)
+        else:
+            gone.append(name)
+    if gone:
+        await redis.zrem(key, *gone)
+        await redis.hdel(f"{key}:info", *gone)  # type: ignore[misc]
+    return QueueHealth(queue.value, live, stale)
+
+
+async def status(redis: ArqRedis, settings: Settings, queue: Queue) -> dict[str, Any]:
+    """Per-queue numbers for ``fleet status``."""
+    name = queue_key(settings.namespace, queue)
+    now_ms = time.time() * 1000
+    health = await check(redis, settings, queue)
+    infos: list[Any] = []
+    if health.live:
+        info_key = f"{_replicas_key(settings.namespace, queue)}:info"
+        infos = await redis.hmget(info_key, health.live)  # type: ignore[misc]
+    running = sum(json.loads(raw)["running"] for raw in infos if raw)
+    due = await redis.zcount(name, "-inf", now_ms)
+    deferred = await redis.zcount(name, f"({now_ms}", "+inf")
+    bucket = int(time.time()) // BUCKET_S
+    counts = await redis.mget(
+        [_bucket_key(settings.namespace, queue, b) for b in range(bucket - 5, bucket + 1)]
+    )
+    dead = await redis.zcard(f"{settings.namespace}:dead-index:{queue.value}")
+    return {
+        "queue": queue.value,
+        "ready": max(0, due - running),
+        "deferred": deferred,
+        "in_progress": running,
+        "dead_letters": dead,
+        "live_replicas": len(health.live),
+        "stale_replicas": len(health.stale),
+        "finished_last_minute": sum(int(c or 0) for c in counts),
+    }
