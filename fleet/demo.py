@@ -113,7 +113,7 @@ async def run_demo(images: int, root: Path, settings: Settings) -> dict[str, Any
     votes = await seed_board(engine, samples)
     columns = db.images.c
 
-    quiet = settings.replace(log_level="WARNING")  # keep the progress bar readable
+    quiet = settings.replace(log_level="WARNING", metrics_port=0)  # keep the progress bar readable
     with worker_process(["img"], quiet), worker_process(["light"], quiet):
         async with await FleetClient.connect(settings) as client:
             for queue in (Queue.IMG, Queue.IMG_BULK, Queue.IQDB, Queue.DB):

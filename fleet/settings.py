@@ -84,6 +84,8 @@ class Settings:
     lock_ttl_s: float = 10.0
     """A running job's lock lives this long unless its worker renews it (every third of it):
     a SIGKILLed worker's jobs run again elsewhere after about this long."""
+    metrics_port: int = 9100
+    """Prometheus /metrics of a worker process; 0 switches it off."""
     health_interval_s: float = 5.0
     """A replica beats twice per interval; `fleet health` calls it stale after one interval
     without a beat."""

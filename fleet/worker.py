@@ -30,7 +30,7 @@ from arq.cron import CronJob
 from arq.worker import Function, Retry, Worker, func
 from redis.exceptions import RedisError
 
-from fleet import coalesce, serializer
+from fleet import coalesce, metrics, serializer
 from fleet.client import FleetClient
 from fleet.connections import worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
@@ -101,18 +101,27 @@ def _adapt(
     spec = handler.spec
 
     async def run_job(ctx: Context, data: Any = None) -> Any:
+        labels = (ctx["queue"].value, spec.name)
         stats.started += 1
+        metrics.JOBS_STARTED.labels(*labels).inc()
+        metrics.QUEUE_WAIT.labels(labels[0]).observe(max(0.0, time.time() - ctx.get("score", 0) / 1000))
+        started = time.perf_counter()
         async with locks.hold(ctx):
             try:
                 result = await _run(ctx, data)
             except Retry:
                 stats.retried += 1
+                metrics.JOBS_RETRIED.labels(*labels).inc()
                 raise
             except JobFailedError:
                 stats.dead_lettered += 1
+                metrics.JOBS_DEAD_LETTERED.labels(*labels).inc()
                 await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
                 raise
+            finally:
+                metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - started)
         stats.succeeded += 1
+        metrics.JOBS_SUCCEEDED.labels(*labels).inc()
         await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
         return result
 
@@ -258,9 +267,12 @@ def build_worker(
         locks.start(ctx)
         if on_startup is not None:
             await on_startup(ctx)
+        metrics.serve(settings.metrics_port)
+        metrics.start_refreshing(ctx["redis"], settings)
         heartbeat.start(ctx["redis"])  # live only once it can serve
 
     async def shutdown(ctx: Context) -> None:
+        await metrics.stop_refreshing()
         await heartbeat.stop(ctx["redis"])
         await locks.stop()
         if on_shutdown is not None:

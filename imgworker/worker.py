@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from fleet import metrics
 from fleet.bulk import settings_since
 from fleet.registry import Queue
 from fleet.settings import Settings, get_settings
@@ -51,6 +52,8 @@ class SharedPool:
                 reserve=settings.img_upload_reserve,
             )
             await self.backend.warm_up()
+            backend = self.backend
+            metrics.track_pool(lambda: backend.size, lambda: backend.busy)
 
     async def release(self, ctx: Context) -> None:
         self.users -= 1

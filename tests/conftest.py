@@ -73,6 +73,7 @@ def settings(redis_url: str, namespace: str, storage: Path) -> Settings:
         poll_delay_s=0.02,
         retry_base_s=0.05,
         retry_cap_s=0.2,
+        metrics_port=0,
     )
 
 

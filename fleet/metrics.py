@@ -1,0 +1,102 @@
+"""Prometheus metrics, served by every worker process on METRICS_PORT.
+
+``fleet_queue_ready`` (jobs due now, not running) is the autoscaling signal for img
+replicas; every replica reports every queue's depth, so rules take ``max`` over replicas.
+Process RSS comes from prometheus_client's process collector
+(``process_resident_memory_bytes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from arq.connections import ArqRedis
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from fleet.registry import Queue
+from fleet.settings import Settings
+
+log = logging.getLogger("fleet.metrics")
+
+QUEUE_READY = Gauge("fleet_queue_ready", "Jobs due now and not running (autoscaling signal)", ["queue"])
+QUEUE_DEFERRED = Gauge("fleet_queue_deferred", "Jobs queued for later (retries, deferred)", ["queue"])
+QUEUE_IN_PROGRESS = Gauge("fleet_queue_in_progress", "Jobs running on live replicas", ["queue"])
+DEAD_LETTERS = Gauge("fleet_dead_letters", "Dead letters kept", ["queue"])
+LIVE_REPLICAS = Gauge("fleet_live_replicas", "Replicas with a fresh heartbeat", ["queue"])
+
+JOBS_STARTED = Counter("fleet_jobs_started", "Jobs started by this process", ["queue", "function"])
+JOBS_SUCCEEDED = Counter("fleet_jobs_succeeded", "Jobs done", ["queue", "function"])
+JOBS_RETRIED = Counter("fleet_jobs_retried", "Job runs that will be retried", ["queue", "function"])
+JOBS_DEAD_LETTERED = Counter(
+    "fleet_jobs_dead_lettered", "Jobs failed for good, with a dead letter", ["queue", "function"]
+)
+
+JOB_DURATION = Histogram(
+    "fleet_job_duration_seconds", "Job run time", ["queue", "function"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)  # fmt: skip
+QUEUE_WAIT = Histogram(
+    "fleet_job_queue_wait_seconds", "From queueing (or the due time) to start", ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)  # fmt: skip
+
+POOL_SIZE = Gauge("fleet_render_pool_size", "Render processes in this worker")
+POOL_BUSY = Gauge("fleet_render_pool_busy", "Render processes rendering now")
+
+_served_on: int | None = None
+
+
+def serve(port: int) -> None:
+    """Start the /metrics endpoint once per process (several workers may share a process)."""
+    global _served_on
+    if port and _served_on is None:
+        _served_on = port
+        try:
+            start_http_server(port)
+        except OSError as exc:  # another process on this host has it: run on, unscraped
+            log.warning("metrics not served on :%d: %s", port, exc)
+            return
+        log.info("metrics on :%d/metrics", port)
+
+
+def track_pool(size: Callable[[], float], busy: Callable[[], float]) -> None:
+    POOL_SIZE.set_function(size)
+    POOL_BUSY.set_function(busy)
+
+
+_refreshing: asyncio.Task[None] | None = None
+
+
+def start_refreshing(redis: ArqRedis, settings: Settings) -> None:
+    """One refresher per process, whatever the number of workers in it."""
+    global _refreshing
+    if settings.metrics_port and (_refreshing is None or _refreshing.done()):
+        _refreshing = asyncio.create_task(_refresh_queues(redis, settings))
+
+
+async def stop_refreshing() -> None:
+    global _refreshing
+    if _refreshing is not None:
+        _refreshing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _refreshing
+        _refreshing = None
+
+
+async def _refresh_queues(redis: ArqRedis, settings: Settings) -> None:
+    """Keep the queue gauges current (every half health interval) until cancelled."""
+    from fleet.health import status
+
+    while True:
+        with contextlib.suppress(OSError):
+            for queue in Queue:
+                row = await status(redis, settings, queue)
+                QUEUE_READY.labels(queue.value).set(row["ready"])
+                QUEUE_DEFERRED.labels(queue.value).set(row["deferred"])
+                QUEUE_IN_PROGRESS.labels(queue.value).set(row["in_progress"])
+                DEAD_LETTERS.labels(queue.value).set(row["dead_letters"])
+                LIVE_REPLICAS.labels(queue.value).set(row["live_replicas"])
+        await asyncio.sleep(settings.health_interval_s / 2)
