@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
-RUN := $(UV) run --frozen
+RUN := $(UV) run --frozen --all-extras
 
 .PHONY: sync demo test lint typecheck pytest soak bench clean
 
@@ -10,7 +10,7 @@ $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target .tools uv
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 	@touch $@
 
 sync: .venv/.synced
