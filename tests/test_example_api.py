@@ -1,0 +1,140 @@
+"""The FastAPI example over real HTTP (uvicorn on loopback), real Redis and real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from fleet import db
+from fleet.services import EmbeddedRedis, free_port
+from fleet.settings import Settings
+from imgworker.worker import worker_settings
+from ratingworker.worker import db_worker_settings
+from tests import images
+from tests.conftest import running_worker
+
+
+def serve(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.as_env()}
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "examples.board_api:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent)
+
+
+async def up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as http:
+        while True:
+            assert proc.poll() is None, "uvicorn exited"
+            try:
+                await http.get(f"{base}/docs")
+                return
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def api_settings(settings: Settings, tmp_path: Path) -> Settings:
+    settings = settings.replace(database_url=f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}")
+    engine = db.create_engine(settings)
+    await db.create_schema(engine)
+    await engine.dispose()
+    return settings
+
+
+async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_path: Path) -> None:
+    settings = api_settings
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    images.jpeg(tmp_path, "photo.jpg", 1800, 1200)
+    photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
+    api = serve(settings, port)
+    try:
+        await up(base, api)
+        async with (
+            running_worker(worker_settings(settings), db_worker_settings(settings)),
+            httpx.AsyncClient() as http,
+        ):
+            created = await http.post(f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")})
+            assert created.status_code == 201, created.text
+            upload = created.json()
+            deadline = time.monotonic() + 60
+            while (status := (await http.get(f"{base}/jobs/{upload['job_id']}")).json())[
+                "status"
+            ] != "complete":
+                assert time.monotonic() < deadline, status
+                await asyncio.sleep(0.05)
+            assert status["result"]["ok"] is True
+            assert (settings.storage_path / "thumbs" / f"{upload['filename']}.webp").exists()
+
+            voted = await http.post(
+                f"{base}/images/{upload['image_id']}/ratings", json={"user_id": 7, "rating": 9}
+            )
+            assert voted.status_code == 202, voted.text
+            bad = await http.post(
+                f"{base}/images/{upload['image_id']}/ratings", json={"user_id": 7, "rating": 11}
+            )
+            assert bad.status_code == 422
+            engine = db.create_engine(settings)
+            deadline = time.monotonic() + 30
+            while True:
+                async with engine.connect() as conn:
+                    row = (
+                        await conn.execute(
+                            sa.select(db.images).where(db.images.c.image_id == upload["image_id"])
+                        )
+                    ).one()
+                if row.num_ratings == 1 and row.medium == 1:
+                    break
+                assert time.monotonic() < deadline, row
+                await asyncio.sleep(0.05)
+            await engine.dispose()
+            assert row.rating == 9.0 and row.large == 0  # 1800 px: medium READY, large NONE
+    finally:
+        api.terminate()
+        api.wait(30)
+
+
+async def test_upload_answers_503_when_redis_is_down_and_keeps_nothing(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    images.jpeg(tmp_path, "photo.jpg", 600, 400)
+    photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
+    with EmbeddedRedis() as redis:
+        settings = api_settings.replace(redis_url=redis.url)
+        api = serve(settings, port)
+        try:
+            await up(base, api)
+            redis.kill()
+            async with httpx.AsyncClient(timeout=30) as http:
+                refused = await http.post(
+                    f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")}
+                )
+        finally:
+            api.terminate()
+            api.wait(30)
+    assert refused.status_code == 503, refused.text
+    engine = db.create_engine(settings)
+    async with engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(db.images))).scalar_one() == 0
+    await engine.dispose()
+    assert list((settings.storage_path / "fullsize").iterdir()) == []
