@@ -11,7 +11,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import date, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -25,8 +25,8 @@ from fleet.deadletters import retry as retry_letter
 from fleet.errors import FleetError
 from fleet.logging import configure_logging, get_logger
 from fleet.registry import WORKERS, Queue
-from fleet.services import embedded_defaults
-from fleet.settings import Settings, get_settings
+from fleet.services import embedded_defaults, with_sqlite_default
+from fleet.settings import get_settings
 from fleet.worker import close_worker, make_worker
 
 log = get_logger("fleet.cli")
@@ -91,6 +91,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _dead(args: argparse.Namespace) -> int:
+    if args.action == "retry" and not (args.ids or args.all):
+        print("fleet dead retry: give job ids or --all", file=sys.stderr)
+        return 2
     settings = get_settings()
     async with await FleetClient.connect(settings) as client:
         letters = DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s)
@@ -131,13 +134,6 @@ async def _dead(args: argparse.Namespace) -> int:
         return 1 if failed else 0
 
 
-def _cmd_dead(args: argparse.Namespace) -> int:
-    if args.action == "retry" and not (args.ids or args.all):
-        print("fleet dead retry: give job ids or --all", file=sys.stderr)
-        return 2
-    return asyncio.run(_dead(args))
-
-
 async def _health(args: argparse.Namespace) -> int:
     from fleet import health
 
@@ -175,18 +171,6 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_health(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_health(args))
-    except FleetError as exc:
-        print(f"fleet health: {exc}", file=sys.stderr)
-        return 2
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    return asyncio.run(_status(args))
-
-
 def _id_range(text: str) -> tuple[int, int]:
     first, _, last = text.partition("-")
     return int(first), int(last or first)
@@ -208,7 +192,7 @@ async def _rethumb(args: argparse.Namespace) -> int:
         mode="missing" if args.missing else "stale",
         reindex=args.reindex,
     )
-    engine = None if args.from_dir else db.create_engine(_with_database(configured))
+    engine = None if args.from_dir else db.create_engine(with_sqlite_default(configured))
     reporter = None if args.json else ProgressReporter()
     try:
         async with await FleetClient.connect(configured) as client:
@@ -226,20 +210,17 @@ async def _rethumb(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _with_database(settings: Settings) -> Settings:
-    if settings.database_url is None:
-        from fleet.services import sqlite_url
+def async_command(name: str, body: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Command:
+    """A command running ``body`` in an event loop; fleet's own errors become one clear line."""
 
-        return settings.replace(database_url=sqlite_url(settings.storage_path))
-    return settings
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(body(args))
+        except FleetError as exc:
+            print(f"fleet {name}: {exc}", file=sys.stderr)
+            return 2
 
-
-def _cmd_rethumb(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_rethumb(args))
-    except FleetError as exc:
-        print(f"fleet rethumb: {exc}", file=sys.stderr)
-        return 2
+    return run
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -267,13 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         "health", help="exit non-zero unless every queue (or --queue) has live replicas, none stale"
     )
     health.add_argument("--queue", choices=[q.value for q in Queue])
-    health.set_defaults(run=_cmd_health)
+    health.set_defaults(run=async_command("health", _health))
 
     status = sub.add_parser(
         "status", help="per queue: ready, deferred, in progress, dead letters, replicas, throughput"
     )
     status.add_argument("--json", action="store_true")
-    status.set_defaults(run=_cmd_status)
+    status.set_defaults(run=async_command("status", _status))
 
     dead = sub.add_parser("dead", help="list, retry or purge dead letters (jobs that failed for good)")
     dead.add_argument("action", choices=["list", "retry", "purge"])
@@ -281,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--queue", choices=[q.value for q in Queue])
     dead.add_argument("--all", action="store_true", help="retry every dead letter (of --queue)")
     dead.add_argument("--json", action="store_true", help="list as JSON lines")
-    dead.set_defaults(run=_cmd_dead)
+    dead.set_defaults(run=async_command("dead", _dead))
 
     rethumb = sub.add_parser(
         "rethumb", help="re-render archive originals on the img-bulk queue (bounded, resumable)"
@@ -307,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     rethumb.add_argument("--force", action="store_true", help="start over and render everything")
     rethumb.add_argument("--dry-run", action="store_true", help="count the work, queue nothing")
     rethumb.add_argument("--json", action="store_true", help="only the final JSON summary")
-    rethumb.set_defaults(run=_cmd_rethumb)
+    rethumb.set_defaults(run=async_command("rethumb", _rethumb))
 
     demo = sub.add_parser("demo", help="render a generated sample archive end to end on embedded services")
     demo.add_argument("--images", type=int, default=200)

@@ -150,6 +150,13 @@ def sqlite_url(storage_path: Path) -> str:
     return f"sqlite+aiosqlite:///{(storage_path / 'fleet.sqlite3').resolve()}"
 
 
+def with_sqlite_default(settings: Settings) -> Settings:
+    """``settings`` with SQLite under the storage root when no DATABASE_URL is set."""
+    if settings.database_url is None:
+        return settings.replace(database_url=sqlite_url(settings.storage_path))
+    return settings
+
+
 @contextlib.contextmanager
 def embedded_defaults(settings: Settings) -> Iterator[Settings]:
     """``settings`` with a private Redis and SQLite filled in where none is configured."""
@@ -157,6 +164,4 @@ def embedded_defaults(settings: Settings) -> Iterator[Settings]:
         if settings.redis_url is None:
             redis = stack.enter_context(EmbeddedRedis())
             settings = settings.replace(redis_url=redis.url)
-        if settings.database_url is None:
-            settings = settings.replace(database_url=sqlite_url(settings.storage_path))
-        yield settings
+        yield with_sqlite_default(settings)
