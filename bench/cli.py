@@ -46,6 +46,7 @@ async def collect(mode: str) -> dict[str, Any]:
             database_url=f"sqlite+aiosqlite:///{root / 'board.sqlite3'}",
             namespace="bench",
             log_level="WARNING",
+            metrics_port=0,  # several worker processes on one host
         )
         archive = corpus.plan(sizes["archive"], seed=5, min_edge=300, max_edge=2400)
         big = corpus.plan(sizes["big"], seed=9, min_edge=2200, max_edge=4000, first_id=100_000)
