@@ -194,20 +194,27 @@ class Progress(Protocol):
     def __call__(self, counts: dict[str, int], elapsed_s: float, final: bool = False) -> None: ...
 
 
-async def _enqueue_batch(
-    redis: ArqRedis, settings: Settings, run: BulkRun, payload: RenderBatch, cursor: int, count: int
+async def _enqueue_batches(
+    redis: ArqRedis, settings: Settings, run: BulkRun, batches: list[RenderBatch]
 ) -> None:
-    """Queue one batch and move the cursor in one transaction."""
-    job_id = uuid.uuid4().hex
+    """Queue batches and move the cursor past the last of them, in one transaction."""
     now = timestamp_ms()
-    job = serialize_job(
-        RENDER_BATCH.name, (RENDER_BATCH.encode(payload),), {}, None, now, serializer=serializer.serialize
-    )
+    queue = queue_key(settings.namespace, RENDER_BATCH.queue)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
-        pipe.zadd(queue_key(settings.namespace, RENDER_BATCH.queue), {job_id: now})
-        pipe.hset(run.key, "cursor", str(cursor))
-        pipe.hincrby(run.key, "fed", count)
+        for payload in batches:
+            job_id = uuid.uuid4().hex
+            job = serialize_job(
+                RENDER_BATCH.name,
+                (RENDER_BATCH.encode(payload),),
+                {},
+                None,
+                now,
+                serializer=serializer.serialize,
+            )
+            pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
+            pipe.zadd(queue, {job_id: now})
+        pipe.hset(run.key, "cursor", str(batches[-1].image_ids[-1]))
+        pipe.hincrby(run.key, "fed", sum(len(b.image_ids) for b in batches))
         await pipe.execute()
 
 
@@ -255,20 +262,30 @@ async def rethumb(
             progress(counts, time.monotonic() - started, final)
         return sum(counts[o] for o in OUTCOMES)
 
-    async for items in _batches(work, cursor, settings.bulk_batch_size):
-        while int((await run.state()).get("fed", 0)) - await report() >= settings.bulk_max_queued:
-            await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
-        payload = RenderBatch(
-            run_id=run.run_id,
-            image_ids=[i for i, _, _ in items],
-            filenames=[f for _, f, _ in items],
-            exts=[e for _, _, e in items],
-            variants=list(selection.variants),
-            mode=mode,
-            reindex=selection.reindex,
-            with_db=selection.from_dir is None,
-        )
-        await _enqueue_batch(redis, settings, run, payload, items[-1][0], len(items))
+    size = settings.bulk_batch_size
+    pending: list[RenderBatch] = []  # read from the work list, not yet queued
+    async for page in _pages(work, cursor, size * PAGE_BATCHES):
+        pending += [
+            RenderBatch(
+                run_id=run.run_id,
+                image_ids=[i for i, _, _ in items],
+                filenames=[f for _, f, _ in items],
+                exts=[e for _, _, e in items],
+                variants=list(selection.variants),
+                mode=mode,
+                reindex=selection.reindex,
+                with_db=selection.from_dir is None,
+            )
+            for items in (page[k : k + size] for k in range(0, len(page), size))
+        ]
+        while pending:
+            room = settings.bulk_max_queued - (int((await run.state()).get("fed", 0)) - await report())
+            if room <= 0:
+                await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
+                continue
+            fits = max(1, min(len(pending), room // size))  # at least one batch, then by room
+            await _enqueue_batches(redis, settings, run, pending[:fits])
+            pending = pending[fits:]
     while await report() < total:
         await asyncio.sleep(poll_s)
     await report(final=True)
@@ -280,7 +297,11 @@ async def rethumb(
     return summary
 
 
-async def _batches(work: WorkList, cursor: int, size: int) -> AsyncIterator[list[Item]]:
+PAGE_BATCHES = 32
+"""Batches read from the work list per query, and queued per transaction when there is room."""
+
+
+async def _pages(work: WorkList, cursor: int, size: int) -> AsyncIterator[list[Item]]:
     while items := await work.after(cursor, size):
         yield items
         cursor = items[-1][0]
