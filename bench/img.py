@@ -186,8 +186,18 @@ async def latency_and_enqueue(
         for i in range(n):
             await client.render_upload(i, "x", "jpg")
         single = n / (time.perf_counter() - started)
-        unbounded = client.settings.replace(bulk_max_queued=10**9)
-        fed = await _feed_rate(client, unbounded, engine)
+        unbounded = client.settings.replace(
+            bulk_max_queued=10**9, database_url=f"sqlite+aiosqlite:///{root / 'feed.sqlite3'}"
+        )
+        feed_engine = db.create_engine(unbounded)
+        await db.create_schema(feed_engine)
+        async with feed_engine.begin() as conn:
+            await conn.execute(
+                sa.insert(db.images),
+                [{"image_id": i, "filename": f"2025-01-01-{i}", "ext": "jpg"} for i in range(1, 20_001)],
+            )
+        fed = await _feed_rate(client, unbounded, feed_engine)
+        await feed_engine.dispose()
     await engine.dispose()
     return {
         "latency_ms": {
@@ -204,7 +214,7 @@ async def latency_and_enqueue(
 
 
 async def _feed_rate(client: FleetClient, settings: Settings, engine: Any) -> float:
-    """Images/s the bulk feeder queues (in batches) with no worker draining them."""
+    """Images/s the bulk feeder queues (in batches) from a 20,000-row table, no worker draining."""
     task = asyncio.create_task(
         rethumb(client.redis, settings, Selection(mode="all"), engine=engine, poll_s=0.01)
     )
