@@ -73,8 +73,13 @@ class BulkRun:
         raw = await self.redis.hgetall(self.key)  # type: ignore[misc]  # redis-py types: sync|async
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def is_done(self, image_id: int) -> bool:
-        return bool(await self.redis.getbit(self.done_key, image_id))
+    async def unfinished(self, image_ids: list[int]) -> set[int]:
+        """The ids among ``image_ids`` with no outcome recorded yet (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for image_id in image_ids:
+                pipe.getbit(self.done_key, image_id)
+            bits = await pipe.execute()
+        return {image_id for image_id, bit in zip(image_ids, bits, strict=True) if not bit}
 
     async def record(self, image_id: int, outcome: str) -> bool:
         """Count ``outcome`` for ``image_id`` unless it already has one; True if counted."""

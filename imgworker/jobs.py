@@ -83,7 +83,8 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts):
         raise PermanentError("image_ids, filenames and exts differ in length", kind="InvalidPayloadError")
     run = BulkRun(ctx["redis"], settings.namespace, payload.run_id)
-    todo = [item for item in items if not await run.is_done(item[0])]
+    unfinished = await run.unfinished([image_id for image_id, _, _ in items])
+    todo = [item for item in items if item[0] in unfinished]
     options = render_options(settings, payload.variants, payload.mode, ctx.get("settings_since"))
     backend: RenderBackend = ctx["backend"]
     results = await backend.render_batch(
