@@ -18,7 +18,7 @@ from arq.jobs import Job
 from redis.exceptions import RedisError
 
 from fleet import coalesce
-from fleet.connections import open_pool
+from fleet.connections import DEFAULT_REDIS_URL, open_pool
 from fleet.errors import EnqueueError
 from fleet.registry import (
     DELETE_FROM_IQDB,
@@ -130,7 +130,7 @@ class FleetClient:
 
 def _safe_url(settings: Settings) -> str:
     """The Redis URL without its password, for error messages."""
-    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    url = settings.redis_url or DEFAULT_REDIS_URL
     if "@" in url:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
