@@ -33,5 +33,8 @@ pytest: sync
 soak: sync  ## long soak tests, excluded from `make test`
 	LOG_LEVEL=WARNING $(RUN) pytest -m soak -s $(PYTEST_ARGS)
 
+bench: sync  ## per-queue benchmarks, quick mode (full: `uv run fleet bench`)
+	$(RUN) fleet bench --quick
+
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
