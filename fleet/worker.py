@@ -304,13 +304,30 @@ def build_worker(
     }
 
 
+class FleetWorker(Worker):
+    """arq's worker, riding out Redis outages instead of dying of them.
+
+    redis-py retries single commands (see ``worker_redis_settings``) but not pipelines, and
+    arq polls, starts and finishes jobs through pipelines: one failing during a Redis restart
+    would end arq's main loop, and the worker with it. Here a failed poll is logged and tried
+    again; a job whose start or finish was cut off keeps its lock for LOCK_TTL_S and runs
+    again (every job is idempotent)."""
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("Redis unavailable while polling (%s: %s); trying again", type(exc).__name__, exc)
+            await asyncio.sleep(1.0)
+
+
 def make_worker(worker_kwargs: dict[str, Any], **overrides: Any) -> Worker:
-    """An arq ``Worker`` whose job locks start short.
+    """A :class:`FleetWorker` whose job locks start short.
 
     arq locks a job it picks for (longest timeout + 10 s) before the job's code runs; a worker
     killed in that moment would hold the job for minutes. Starting every lock at LOCK_TTL_S
     closes that gap. (Under the stock arq CLI the first lock keeps arq's length.)"""
-    worker = Worker(**worker_kwargs, **overrides)
+    worker = FleetWorker(**worker_kwargs, **overrides)
     lock_ttl_s = worker_kwargs.get("ctx", {}).get("lock_ttl_s")
     if lock_ttl_s:
         worker.in_progress_timeout_s = lock_ttl_s

@@ -36,7 +36,7 @@ async def test_workers_ride_out_a_redis_restart_and_finish_everything(storage: P
             while len(list((storage / "thumbs").glob("*.webp"))) < 5:
                 await asyncio.sleep(0.02)
         server.kill()  # SIGKILL, mid-run
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.0)  # long enough for polls, job starts and finishes to fail
         assert worker.poll() is None, "the worker died with Redis"
         server.start()  # same port, same AOF
         async with await FleetClient.connect(settings) as client:
