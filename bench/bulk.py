@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench.img import direct_seconds, percentiles
 from fleet import corpus, db
 from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
@@ -30,28 +30,6 @@ from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
-from imgworker.backend import ProcessPoolBackend
-from imgworker.config import render_options
-from imgworker.render import RenderRequest
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def direct(settings: Settings, samples: list[corpus.Sample]) -> float:
-    backend = ProcessPoolBackend(settings.storage_path, render_options(settings), settings.pool_size)
-    try:
-        await backend.warm_up()
-        requests = [RenderRequest(s.image_id, s.filename, s.ext) for s in samples]
-        started = time.perf_counter()
-        results = await backend.render_batch(requests)
-        seconds = time.perf_counter() - started
-    finally:
-        await backend.close()
-    assert all(r.ok for r in results)
-    return len(samples) / seconds
 
 
 async def upload_latencies(client: FleetClient, name: tuple[str, str], count: int, first: int) -> list[float]:
@@ -83,7 +61,7 @@ async def main(images: int, uploads: int) -> dict[str, Any]:
         async with engine.begin() as conn:
             await conn.execute(sa.insert(db.images), rows)
 
-        direct_per_s = await direct(settings, samples)
+        direct_per_s = len(samples) / await direct_seconds(settings, samples)
         with worker_process(["img"], settings), worker_process(["light"], settings):
             async with await FleetClient.connect(settings) as client:
                 for queue in (Queue.IMG, Queue.IMG_BULK, Queue.DB):
@@ -108,15 +86,9 @@ async def main(images: int, uploads: int) -> dict[str, Any]:
         "direct_images_per_s": round(direct_per_s, 1),
         "fleet_bulk_images_per_s": round(fleet_per_s, 1),
         "efficiency": round(fleet_per_s / direct_per_s, 3),
-        "upload_idle_ms": {
-            "p50": round(statistics.median(idle) * 1000, 1),
-            "p95": round(percentile(idle, 0.95) * 1000, 1),
-        },
-        "upload_during_bulk_ms": {
-            "p50": round(statistics.median(busy) * 1000, 1),
-            "p95": round(percentile(busy, 0.95) * 1000, 1),
-        },
-        "upload_p95_ratio": round(percentile(busy, 0.95) / percentile(idle, 0.95), 2),
+        "upload_idle_ms": percentiles(idle),
+        "upload_during_bulk_ms": percentiles(busy),
+        "upload_p95_ratio": round(percentiles(busy)["p95"] / percentiles(idle)["p95"], 2),
     }
 
 

@@ -45,17 +45,23 @@ def _requests(samples: list[corpus.Sample]) -> list[RenderRequest]:
     return [RenderRequest(s.image_id, s.filename, s.ext) for s in samples]
 
 
-async def efficiency(settings: Settings, samples: list[corpus.Sample]) -> dict[str, Any]:
-    """Fleet end to end vs a direct pool of the same size, same originals, same run."""
+async def direct_seconds(settings: Settings, samples: list[corpus.Sample]) -> float:
+    """The same renders called directly on a warm pool of the img worker's size."""
     backend = ProcessPoolBackend(settings.storage_path, render_options(settings), settings.pool_size)
     try:
         await backend.warm_up()
         started = time.perf_counter()
         results = await backend.render_batch(_requests(samples))
-        direct_s = time.perf_counter() - started
+        seconds = time.perf_counter() - started
     finally:
         await backend.close()
     assert all(r.ok for r in results)
+    return seconds
+
+
+async def efficiency(settings: Settings, samples: list[corpus.Sample]) -> dict[str, Any]:
+    """Fleet end to end vs a direct pool of the same size, same originals, same run."""
+    direct_s = await direct_seconds(settings, samples)
     like_for_like = settings.replace(img_upload_reserve=0, log_level="WARNING")  # the same pool size
     with worker_process(["img"], like_for_like):
         async with await FleetClient.connect(settings) as client:

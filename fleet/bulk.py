@@ -260,12 +260,13 @@ async def rethumb(
     total, cursor = int(state["total"]), int(state["cursor"])
     counts_at_start = await run.processed()
 
-    async def report(final: bool = False) -> int:
+    async def report(final: bool = False) -> tuple[int, int]:
+        """Show progress; returns (fed, processed) from one read of the run's state."""
         current = await run.state()
         counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
         if progress is not None:
             progress(counts, time.monotonic() - started, final)
-        return sum(counts[o] for o in OUTCOMES)
+        return counts["fed"], sum(counts[o] for o in OUTCOMES)
 
     size = settings.bulk_batch_size
     pending: list[RenderBatch] = []  # read from the work list, not yet queued
@@ -284,14 +285,15 @@ async def rethumb(
             for items in (page[k : k + size] for k in range(0, len(page), size))
         ]
         while pending:
-            room = settings.bulk_max_queued - (int((await run.state()).get("fed", 0)) - await report())
+            fed, processed = await report()
+            room = settings.bulk_max_queued - (fed - processed)
             if room <= 0:
                 await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
                 continue
             fits = max(1, min(len(pending), room // size))  # at least one batch, then by room
             await _enqueue_batches(redis, settings, run, pending[:fits])
             pending = pending[fits:]
-    while await report() < total:
+    while (await report())[1] < total:
         await asyncio.sleep(poll_s)
     await report(final=True)
     await redis.hset(run.key, mapping={"finished": 1, "finished_at": time.time()})  # type: ignore[misc]
