@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen --all-extras
 
-.PHONY: sync demo test lint typecheck pytest soak bench clean
+.PHONY: sync demo test lint typecheck pytest soak bench bench-simd clean
 
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target .tools uv
@@ -33,8 +33,18 @@ pytest: sync
 soak: sync  ## long soak tests, excluded from `make test`
 	LOG_LEVEL=WARNING $(RUN) pytest -m soak -s $(PYTEST_ARGS)
 
-bench: sync  ## per-queue benchmarks, quick mode (full: `uv run fleet bench`)
-	$(RUN) fleet bench --quick
+bench: sync  ## per-queue benchmarks, quick mode (full: BENCH_ARGS=" ")
+	$(RUN) fleet bench $(or $(BENCH_ARGS),--quick)
+
+# Pillow-SIMD is source-only (needs gcc and the libjpeg, zlib and libwebp headers) and
+# installs as PIL, so it lives in its own venv, only for the benchmark: never a dependency.
+SIMD_PY := .bench-simd/bin/python
+$(SIMD_PY): | $(UV)
+	$(UV) venv --quiet --python python3 .bench-simd
+	$(UV) pip install --quiet --python $(SIMD_PY) pillow-simd==12.1.1.post0
+
+bench-simd: sync $(SIMD_PY)  ## the benchmarks with Pillow-SIMD as the strongest Pillow
+	$(RUN) fleet bench $(or $(BENCH_ARGS),--quick) --pillow-simd $(SIMD_PY)
 
 clean:
-	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .bench-simd .pytest_cache .mypy_cache .ruff_cache

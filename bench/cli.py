@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -17,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import img, light, report
+from bench.renderers import ExternalPillow
 from fleet import corpus
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 
 MODES: dict[str, dict[str, int]] = {
-    # archive: efficiency and latency corpus; big: uploads with all three variants
-    "quick": {"archive": 40, "big": 6, "repeat": 2, "uploads": 20, "light_jobs": 300},
-    "full": {"archive": 200, "big": 16, "repeat": 3, "uploads": 100, "light_jobs": 2000},
+    # archive: efficiency and latency corpus; big: uploads of each kind, with all three variants
+    "quick": {"archive": 40, "big": 2, "repeat": 2, "uploads": 20, "light_jobs": 300},
+    "full": {"archive": 200, "big": 4, "repeat": 3, "uploads": 100, "light_jobs": 2000},
 }
 
 
@@ -33,10 +35,15 @@ def register(sub: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="small corpora (CI); fails under the floors")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where to write JSON/MD/PNG")
+    parser.add_argument(
+        "--pillow-simd",
+        metavar="PYTHON",
+        help="also time Pillow-SIMD, installed in this interpreter (`make bench-simd` builds one)",
+    )
     parser.set_defaults(run=run)
 
 
-async def collect(mode: str) -> dict[str, Any]:
+async def collect(mode: str, pillow_simd: str | None = None) -> dict[str, Any]:
     sizes = MODES[mode]
     with EmbeddedRedis() as redis, tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
@@ -49,14 +56,22 @@ async def collect(mode: str) -> dict[str, Any]:
             metrics_port=0,  # several worker processes on one host
         )
         archive = corpus.plan(sizes["archive"], seed=5, min_edge=300, max_edge=2400)
-        big = corpus.plan(sizes["big"], seed=9, min_edge=2200, max_edge=4000, first_id=100_000)
+        big = corpus.plan(
+            sizes["big"] * len(corpus.KINDS),
+            seed=9,
+            min_edge=2200,
+            max_edge=4000,
+            first_id=100_000,
+            kinds=corpus.KINDS,
+        )
         corpus.generate(root, archive + big)
         results: dict[str, Any] = {
             "mode": mode,
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
         }
         results["img"] = await img.efficiency(settings, archive)
-        results["per_upload"] = img.per_upload(root, big, settings, sizes["repeat"])
+        with ExternalPillow(pillow_simd) if pillow_simd else contextlib.nullcontext() as simd:
+            results["per_upload"] = img.per_upload(root, big, settings, sizes["repeat"], simd)
         results["limit"] = img.limit(root, archive + big, settings, sizes["repeat"])
         results["latency"] = await img.latency_and_enqueue(settings, archive, sizes["uploads"])
     results["light"] = await light.main(sizes["light_jobs"])
@@ -65,7 +80,7 @@ async def collect(mode: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     mode = "quick" if args.quick else "full"
-    results = asyncio.run(collect(mode))
+    results = asyncio.run(collect(mode, args.pillow_simd))
     report.write(results, args.out)
     print(json.dumps(results) if args.json else report.markdown(results))
     failures = report.below_floors(results)

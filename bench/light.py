@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fleet import db
 from fleet.client import FleetClient
@@ -42,7 +43,7 @@ async def board(kind: str, tmp: Path) -> AsyncIterator[str]:
         server = None
     else:
         name = f"fleet_bench_{uuid.uuid4().hex[:8]}"
-        server = sa.ext.asyncio.create_async_engine(MYSQL_URL)
+        server = create_async_engine(MYSQL_URL)
         async with server.begin() as conn:
             await conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
         url = f"{MYSQL_URL.rstrip('/')}/{name}"

@@ -41,9 +41,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for key, value in values.items():
         floor = FLOORS.get(key, "")
-        op, target = TARGETS.get(key, ("", ""))
         met = ""
-        if target != "":
+        if key in TARGETS:
+            op, target = TARGETS[key]
             ok = value >= target if op == ">=" else value <= target
             met = f"{op} {target} {'met' if ok else 'missed'}"
         lines.append(f"| {key} | {value} | {floor} | {met} |")
@@ -74,7 +74,44 @@ def markdown(results: dict[str, Any]) -> str:
         for kind in ("queue_to_start", "queue_to_thumbnail"):
             d = data[kind]
             lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _per_kind(upload) + _thumb_profile(lim)) + "\n"
+
+
+def _per_kind(upload: dict[str, Any]) -> list[str]:
+    """Per upload and kind of original, one core: where the cascade and libvips win, and where
+    encoding (the same work for every renderer) leaves nothing to win."""
+    simd = "pillow_simd_ms" in upload
+    head = "| kind | weight | cascade | independent | Pillow |" + (" Pillow-SIMD |" if simd else "")
+    head += " cascade speed-up | Pillow speed-up |" + (" Pillow-SIMD speed-up |" if simd else "")
+    rows = [{"weight": "mix", **upload}] + [
+        {"kind": kind, "weight": upload["weights"][kind], **row} for kind, row in upload["by_kind"].items()
+    ]
+    lines = ["", "Per upload (ms, all variants, one core; the mix weights each kind):", "", head]
+    lines.append("|" + "---|" * head.count(" |"))
+    for row in rows:
+        cells = [row.get("kind", "board mix"), row["weight"], row["cascade_ms"], row["independent_ms"]]
+        cells += [row["pillow_ms"]] + ([row["pillow_simd_ms"]] if simd else [])
+        cells += [row["cascade_speedup"], row["pillow_speedup"]] + (
+            [row["pillow_simd_speedup"]] if simd else []
+        )
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if simd:
+        lines.append(f"\nPillow-SIMD {upload['pillow_simd_version']}, in its own interpreter.")
+    return lines
+
+
+def _thumb_profile(lim: dict[str, Any]) -> list[str]:
+    profile = lim["thumb_profile_ms"]
+    steps = [k for k in profile if k != "total"]
+    return [
+        "",
+        f"Where a JPEG thumbnail's {profile['total']} ms go (cProfile, one core), against "
+        f"{lim['limit_decode_ms']} ms for a reduce-on-load decode of the same files:",
+        "",
+        "| " + " | ".join(steps) + " |",
+        "|" + "---|" * len(steps),
+        "| " + " | ".join(str(profile[k]) for k in steps) + " |",
+    ]
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

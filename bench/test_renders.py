@@ -17,8 +17,7 @@ from fleet import corpus
 from imgworker.backend import configure_vips
 from imgworker.render import RenderOptions, RenderRequest, default_options, render
 
-KINDS = ["jpeg", "jpeg-progressive", "png-alpha", "webp", "gif"]
-EXT = {"jpeg": "jpg", "jpeg-progressive": "jpeg", "png-alpha": "png", "webp": "webp", "gif": "gif"}
+KINDS = corpus.KINDS
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,9 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, R
     (root / "fullsize").mkdir()
     requests = {}
     for i, kind in enumerate(KINDS):
-        sample = corpus.Sample(i + 1, f"2025-01-01-{i + 1}", EXT[kind], kind, 3000, 2000, 40 + i)
+        sample = corpus.Sample(
+            i + 1, f"2025-01-01-{i + 1}", corpus.EXTENSIONS[kind], kind, 3000, 2000, 40 + i
+        )
         corpus.write_sample(root, sample)
         requests[kind] = RenderRequest(sample.image_id, sample.filename, sample.ext)
     return root, requests

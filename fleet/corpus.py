@@ -16,14 +16,21 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-# (format, extension, weight). Extensions as boards store them: both jpg and jpeg occur.
+# (kind, extension, weight): a board-like mix of uploads, mostly JPEG (some progressive), a
+# fifth PNG (drawn art, some with transparency), a few GIF and WebP. The weights are an
+# assumption, not a census; benchmarks also report every kind on its own. Extensions as boards
+# store them: both jpg and jpeg occur.
 FORMATS: tuple[tuple[str, str, int], ...] = (
-    ("jpeg", "jpg", 40),
-    ("jpeg-progressive", "jpeg", 10),
-    ("png-alpha", "png", 20),
-    ("gif", "gif", 10),
-    ("webp", "webp", 20),
+    ("jpeg", "jpg", 48),
+    ("jpeg-progressive", "jpeg", 12),
+    ("png", "png", 14),
+    ("png-alpha", "png", 8),
+    ("gif", "gif", 6),
+    ("webp", "webp", 12),
 )
+KINDS: tuple[str, ...] = tuple(kind for kind, _, _ in FORMATS)
+EXTENSIONS: dict[str, str] = {kind: ext for kind, ext, _ in FORMATS}
+WEIGHTS: dict[str, int] = {kind: weight for kind, _, weight in FORMATS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +49,23 @@ class Sample:
 
 
 def plan(
-    count: int, seed: int = 1, min_edge: int = 300, max_edge: int = 4000, first_id: int = 1
+    count: int,
+    seed: int = 1,
+    min_edge: int = 300,
+    max_edge: int = 4000,
+    first_id: int = 1,
+    kinds: Sequence[str] = (),
 ) -> list[Sample]:
-    """What to generate: varied formats, sizes and aspect ratios, the same for the same seed."""
+    """What to generate: varied formats, sizes and aspect ratios, the same for the same seed.
+
+    Kinds are drawn with the board-like weights, or taken in turn from ``kinds`` (a benchmark
+    that reports every kind on its own wants the same number of each)."""
     rng = random.Random(seed)
-    kinds = [k for k, _, _ in FORMATS]
-    exts = {k: e for k, e, _ in FORMATS}
-    weights = [w for _, _, w in FORMATS]
     day0 = date(2025, 1, 1)
     samples = []
     for i in range(count):
         image_id = first_id + i
-        kind = rng.choices(kinds, weights)[0]
+        kind = kinds[i % len(kinds)] if kinds else rng.choices(KINDS, list(WEIGHTS.values()))[0]
         # Log-uniform edge: plenty of small uploads, a tail of big scans.
         longest = int(min_edge * (max_edge / min_edge) ** rng.random())
         if kind == "gif":
@@ -62,7 +74,9 @@ def plan(
         shorter = max(1, int(longest * ratio))
         width, height = (longest, shorter) if rng.random() < 0.5 else (shorter, longest)
         stored = f"{day0 + timedelta(days=i // 50):%Y-%m-%d}-{image_id}"
-        samples.append(Sample(image_id, stored, exts[kind], kind, width, height, rng.randrange(1 << 30)))
+        samples.append(
+            Sample(image_id, stored, EXTENSIONS[kind], kind, width, height, rng.randrange(1 << 30))
+        )
     return samples
 
 
@@ -93,15 +107,17 @@ def write_sample(root: Path, sample: Sample) -> Path:
         sample.width,
         sample.height,
         sample.seed,
-        alpha=sample.kind in ("png-alpha", "webp"),
+        alpha=sample.kind == "png-alpha",
         grain=sample.kind.startswith("jpeg"),
     )
+    # Q95: uploads are high-quality JPEGs, about 2 MB for 6 MP (the entropy-coded data is
+    # what a decode costs, so a lighter file would flatter every decoder).
     if sample.kind == "jpeg":
-        image.jpegsave(str(path), Q=88)
+        image.jpegsave(str(path), Q=95)
     elif sample.kind == "jpeg-progressive":
-        image.jpegsave(str(path), Q=88, interlace=True)
-    elif sample.kind == "png-alpha":
-        image.pngsave(str(path), compression=3)
+        image.jpegsave(str(path), Q=95, interlace=True)
+    elif sample.kind in ("png", "png-alpha"):
+        image.pngsave(str(path), compression=6, filter="all")  # as libpng (art tools) saves
     elif sample.kind == "gif":
         image.gifsave(str(path), effort=1)
     elif sample.kind == "webp":

@@ -95,6 +95,37 @@ def test_alpha_kept_in_webp_thumb_and_flattened_onto_white_for_jpeg_targets(stor
     assert medium.avg() > 250  # transparent -> white, not black
 
 
+def test_png_saved_as_art_tools_save_it_still_gets_smaller_variants(storage: Path) -> None:
+    # zlib level 6 with adaptive row filters, as libpng writes by default. An unfiltered
+    # variant encode came out bigger than this original, so no variant was kept.
+    art = images.pattern(3000, 2000, bands=4)
+    result = run(storage, *images.write(storage, "art.png", art, compression=6, filter="all"))
+    assert result.ok, result.error
+    original = (storage / "fullsize" / "art.png").stat().st_size
+    for variant in ("large", "medium"):
+        out = result.outputs[variant]
+        assert out.status is VariantStatus.READY
+        assert out.bytes < original
+        assert open_out(storage, out.path).get("vips-loader").startswith("pngload")
+
+
+def test_opaque_alpha_is_dropped_and_partial_alpha_kept(storage: Path) -> None:
+    colour = images.pattern(1400, 1000, bands=3)
+    opaque = colour.bandjoin((pyvips.Image.black(1400, 1000) + 255).cast("uchar"))
+    result = run(storage, *images.write(storage, "opaque.png", opaque))
+    assert result.ok, result.error
+    for variant in ("medium", "thumb"):
+        out = open_out(storage, result.outputs[variant].path)
+        assert out.bands == 3 and not out.hasalpha()
+    rgb = run(storage, *images.write(storage, "rgb.png", colour), image_id=2)
+    assert result.outputs["thumb"].bytes == rgb.outputs["thumb"].bytes  # the same pixels, the same file
+
+    # One transparent pixel is enough to keep the band.
+    one_hole = opaque.draw_rect([0, 0, 0, 0], 700, 500, 1, 1, fill=True)
+    result = run(storage, *images.write(storage, "hole.png", one_hole), image_id=3)
+    assert open_out(storage, result.outputs["medium"].path).hasalpha()
+
+
 def test_exif_orientation_is_applied(storage: Path) -> None:
     image = images.pattern(1600, 800).copy()
     image.set_type(pyvips.GValue.gint_type, "orientation", 6)  # rotate 90 on display

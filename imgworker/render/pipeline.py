@@ -64,11 +64,13 @@ def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[
         return outputs
     original_bytes = original.st_size
 
+    # Decode once, at the largest size wanted; each smaller variant starts from these pixels.
     image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on, header.has_profile))
+    image = steps.drop_opaque_alpha(image.copy_memory())
     for index, variant in enumerate(wanted):
         image = steps.resize(image, variant.edge)
         if index < len(wanted) - 1:
-            image = image.copy_memory()  # decode once; smaller variants start from these pixels
+            image = image.copy_memory()
         outputs[variant.name] = _write_variant(root, request, variant, image, original_bytes)
     return outputs
 

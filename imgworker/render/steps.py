@@ -1,4 +1,5 @@
-"""The render steps, each small and named: inspect, load, colour, resize, sharpen, flatten, encode.
+"""The render steps, each small and named: inspect, load, colour, alpha, resize, sharpen, flatten,
+encode.
 
 pyvips images are lazy: each step adds to a pipeline that runs when it is encoded (or copied to
 memory for the cascade), so a step costs nothing until then.
@@ -76,6 +77,15 @@ def to_srgb(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
+def drop_opaque_alpha(image: pyvips.Image) -> pyvips.Image:
+    """Art tools often export RGBA with nothing transparent. Such an alpha band changes no
+    pixel, yet WebP encodes it as a separate lossless plane (4x the time of a 500 px
+    thumbnail here) and PNG stores a quarter more bytes. Expects decoded, 8-bit pixels."""
+    if image.hasalpha() and image[image.bands - 1].min() == 255:
+        return image[: image.bands - 1]
+    return image
+
+
 def resize(image: pyvips.Image, edge: int) -> pyvips.Image:
     """Fit ``edge`` x ``edge`` from an image already in memory (one step of the cascade)."""
     if max(image.width, image.height) <= edge:
@@ -107,7 +117,10 @@ def encode(image: pyvips.Image, fmt: str, quality: int) -> bytes:
     elif fmt == "webp":
         data = image.webpsave_buffer(Q=quality, **options)
     elif fmt == "png":
-        data = image.pngsave_buffer(compression=6, **options)
+        # Adaptive row filters at zlib level 3: as fast as libvips' default (no filter, level
+        # 6) and 2.6x smaller. Unfiltered, a 2048 px variant came out bigger than a PNG
+        # saved by an ordinary art tool, so PNG uploads ended up with no variants at all.
+        data = image.pngsave_buffer(compression=3, filter="all", **options)
     elif fmt == "gif":
         # Quantising is most of a GIF's cost: effort 1 with the original's palette reused is
         # 5x faster than the defaults (2.3 s -> 0.4 s for 1280 px here), barely larger.
