@@ -33,8 +33,9 @@ pytest: sync
 soak: sync  ## long soak tests, excluded from `make test`
 	LOG_LEVEL=WARNING $(RUN) pytest -m soak -s $(PYTEST_ARGS)
 
-bench: sync  ## per-queue benchmarks, quick mode (full: BENCH_ARGS=" ")
-	$(RUN) fleet bench $(or $(BENCH_ARGS),--quick)
+BENCH_ARGS ?= --quick
+bench: sync  ## per-queue benchmarks, quick mode (full: `make bench BENCH_ARGS=`)
+	$(RUN) fleet bench $(BENCH_ARGS)
 
 # Pillow-SIMD is source-only (needs gcc and the libjpeg, zlib and libwebp headers) and
 # installs as PIL, so it lives in its own venv, only for the benchmark: never a dependency.
@@ -44,7 +45,7 @@ $(SIMD_PY): | $(UV)
 	$(UV) pip install --quiet --python $(SIMD_PY) pillow-simd==12.1.1.post0
 
 bench-simd: sync $(SIMD_PY)  ## the benchmarks with Pillow-SIMD as the strongest Pillow
-	$(RUN) fleet bench $(or $(BENCH_ARGS),--quick) --pillow-simd $(SIMD_PY)
+	$(RUN) fleet bench $(BENCH_ARGS) --pillow-simd $(SIMD_PY)
 
 clean:
 	rm -rf .venv .tools .bench-simd .pytest_cache .mypy_cache .ruff_cache
