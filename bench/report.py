@@ -118,10 +118,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     """Throughput per queue and renders per core, as horizontal bars."""
     import pyvips
 
-    img, lim = results["img"], results["limit"]
+    img, lim, lat = results["img"], results["limit"], results["latency"]
     bars = [
         ("img direct (renders/s)", img["direct_renders_per_s"]),
         ("img fleet (renders/s)", img["fleet_renders_per_s"]),
+        ("img fleet per core (renders/s)", round(img["fleet_renders_per_s"] / img["processes"], 2)),
+        ("img-bulk, uploads meanwhile (images/s)", lat["latency_ms"]["bulk_images_per_s_meanwhile"]),
         ("thumbs per core (/s)", lim["thumbs_per_s_per_core"]),
         ("decodes per core (/s)", lim["decode_per_s_per_core"]),
     ] + [
