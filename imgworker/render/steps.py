@@ -79,8 +79,8 @@ def to_srgb(image: pyvips.Image) -> pyvips.Image:
 
 def drop_opaque_alpha(image: pyvips.Image) -> pyvips.Image:
     """Art tools often export RGBA with nothing transparent. Such an alpha band changes no
-    pixel, yet WebP encodes it as a separate lossless plane (4x the time of a 500 px
-    thumbnail here) and PNG stores a quarter more bytes. Expects decoded, 8-bit pixels."""
+    pixel, yet it costs: measured here at 2048 px, a PNG variant 12 % bigger and 16 % slower,
+    a 500 px WebP thumbnail 25 ms instead of 16. Expects decoded, 8-bit pixels."""
     if image.hasalpha() and image[image.bands - 1].min() == 255:
         return image[: image.bands - 1]
     return image
