@@ -1,9 +1,9 @@
 """The replaced design's library: Pillow with LANCZOS, one decode per upload, the same
 variants imgworker renders.
 
-It imports only Pillow and the standard library, so it also runs under another interpreter
-whose Pillow is Pillow-SIMD (source-only, never a fleet dependency): ``python -m
-bench.pillow_renderer`` reads one JSON request per line and answers the seconds it took.
+It imports only Pillow and the standard library, so it also runs as a script under another
+interpreter whose Pillow is Pillow-SIMD (source-only, never a fleet dependency): it then
+reads one JSON request per line and answers the CPU seconds it took.
 """
 
 from __future__ import annotations
@@ -14,17 +14,23 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
+# imgworker's "mild" sharpening of thumbnails: the same 3x3 mask, colour bands only.
+_SHARPEN = ((3, 3), (-1, -1, -1, -1, 32, -1, -1, -1, -1), 24)
+
 
 class PillowVariant(TypedDict):
     folder: str
+    name: str
+    """The output file's name, as imgworker names it."""
     edge: int
     quality: int
     format: str
     """The output format, already resolved (the original's own or the variant's)."""
+    sharpen: bool
     always: bool
 
 
-def render(source: Path, out: Path, filename: str, variants: list[PillowVariant]) -> None:
+def render(source: Path, out: Path, variants: list[PillowVariant]) -> None:
     """Write each variant of ``source`` under ``out/{folder}/``.
 
     As strong as Pillow gets, by the cascade imgworker uses: a JPEG is decoded once with
@@ -34,27 +40,36 @@ def render(source: Path, out: Path, filename: str, variants: list[PillowVariant]
 
     with Image.open(source) as opened:
         opened.seek(0)
-        edges = [v["edge"] for v in variants if v["always"] or max(opened.size) > v["edge"]]
-        if edges and opened.format == "JPEG":
-            opened.draft("RGB", _fit(opened.size, max(edges)))
+        longest = max(opened.size)  # before draft() shrinks it
+        wanted = sorted((v for v in variants if v["always"] or longest > v["edge"]), key=lambda v: -v["edge"])
+        if wanted and opened.format == "JPEG":
+            opened.draft("RGB", _fit(opened.size, wanted[0]["edge"]))
         image = ImageOps.exif_transpose(opened)
         has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
-        longest = max(opened.size)
-        for variant in sorted(variants, key=lambda v: -v["edge"]):
-            if not variant["always"] and longest <= variant["edge"]:
-                continue
+        for variant in wanted:
             image.thumbnail((variant["edge"], variant["edge"]), Image.Resampling.LANCZOS)
-            fmt = variant["format"]
             target = out / variant["folder"]
             target.mkdir(parents=True, exist_ok=True)
-            path = target / f"{filename}.{'jpg' if fmt == 'jpeg' else fmt}"
-            _save(image, path, fmt, variant["quality"])
+            final = _sharpen(image) if variant["sharpen"] else image
+            _save(final, target / variant["name"], variant["format"], variant["quality"])
 
 
 def _fit(size: tuple[int, int], edge: int) -> tuple[int, int]:
+    """The largest size within ``edge`` (rounded down, so draft() may reduce to it)."""
     scale = min(1.0, edge / max(size))
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
+
+
+def _sharpen(image: Any) -> Any:
+    from PIL import Image, ImageFilter
+
+    size, kernel, scale = _SHARPEN
+    mask = ImageFilter.Kernel(size, kernel, scale)
+    if image.mode == "RGBA":
+        *colour, alpha = image.split()
+        return Image.merge("RGBA", [band.filter(mask) for band in colour] + [alpha])
+    return image.filter(mask)
 
 
 def _save(image: Any, path: Path, fmt: str, quality: int) -> None:
@@ -69,7 +84,7 @@ def _save(image: Any, path: Path, fmt: str, quality: int) -> None:
     elif fmt == "webp":
         image.save(path, "WEBP", quality=quality)
     elif fmt == "png":
-        image.save(path, "PNG", compress_level=6)
+        image.save(path, "PNG", compress_level=3)  # zlib level 3; Pillow always filters rows adaptively
     elif fmt == "gif":
         image.save(path, "GIF")
     else:
@@ -77,12 +92,18 @@ def _save(image: Any, path: Path, fmt: str, quality: int) -> None:
 
 
 def serve() -> None:
-    """One request per stdin line: {"source", "out", "filename", "variants"} -> {"seconds"}."""
+    """First line out: this Pillow's version and codecs. Then one request per stdin line,
+    {"source", "out", "variants"} -> {"seconds"}."""
+    import PIL
+    from PIL import features
+
+    codecs = {name: bool(features.check(name)) for name in ("jpg", "zlib", "webp")}
+    print(json.dumps({"version": PIL.__version__, "codecs": codecs}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        started = time.perf_counter()
-        render(Path(request["source"]), Path(request["out"]), request["filename"], request["variants"])
-        print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+        started = time.process_time()  # CPU seconds, as the parent times its own renderers
+        render(Path(request["source"]), Path(request["out"]), request["variants"])
+        print(json.dumps({"seconds": time.process_time() - started}), flush=True)
 
 
 if __name__ == "__main__":

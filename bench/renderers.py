@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import subprocess
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from bench import pillow_renderer
 from bench.pillow_renderer import PillowVariant
@@ -32,50 +33,62 @@ def independent(root: Path, request: RenderRequest, options: RenderOptions) -> l
 
 def pillow(root: Path, request: RenderRequest, options: RenderOptions, out: Path) -> None:
     """The same variants with Pillow (LANCZOS), written under ``out``."""
-    pillow_renderer.render(
-        original_path(root, request.filename, request.ext), out, request.filename, _variants(request, options)
-    )
+    source = original_path(root, request.filename, request.ext)
+    pillow_renderer.render(source, out, _variants(request, options))
 
 
 class ExternalPillow:
-    """The Pillow renderer in a child process of ``python`` (one with Pillow-SIMD installed);
-    :meth:`render` answers the seconds the child measured, without the pipe's overhead."""
+    """The Pillow renderer as a script run by ``python`` (one with Pillow-SIMD installed), so
+    that Pillow and only Pillow comes from that interpreter. :meth:`render` answers the
+    CPU seconds the child measured, without the pipe's overhead."""
 
     def __init__(self, python: str) -> None:
-        self.python = python
-        repo = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": str(repo)}
         self._child = subprocess.Popen(
-            [python, "-m", "bench.pillow_renderer"],
+            [python, pillow_renderer.__file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=env,
         )
-
-    def version(self) -> str:
-        out = subprocess.run(
-            [self.python, "-c", "import PIL; print(PIL.__version__)"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
+        hello = self._answer()
+        self.version: str = hello["version"]
+        missing = [name for name, ok in hello["codecs"].items() if not ok]
+        if missing:
+            self.close()
+            raise RuntimeError(f"the Pillow of {python} ({self.version}) was built without {missing}")
 
     def render(self, root: Path, request: RenderRequest, options: RenderOptions, out: Path) -> float:
-        assert self._child.stdin is not None and self._child.stdout is not None
         line = {
             "source": str(original_path(root, request.filename, request.ext)),
             "out": str(out),
-            "filename": request.filename,
             "variants": _variants(request, options),
         }
-        self._child.stdin.write(json.dumps(line) + "\n")
-        self._child.stdin.flush()
+        assert self._child.stdin is not None
+        try:
+            self._child.stdin.write(json.dumps(line) + "\n")
+            self._child.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError(f"the Pillow child exited with {self._child.wait()}") from None
+        return float(self._answer()["seconds"])
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._child.stdout is not None
         answer = self._child.stdout.readline()
         if not answer:
             raise RuntimeError(f"the Pillow child exited with {self._child.wait()}")
-        return float(json.loads(answer)["seconds"])
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            if self._child.stdin is not None:
+                self._child.stdin.close()
+        try:
+            self._child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+        if self._child.stdout is not None:
+            self._child.stdout.close()
 
     def __enter__(self) -> ExternalPillow:
         return self
@@ -83,18 +96,18 @@ class ExternalPillow:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._child.stdin is not None:
-            self._child.stdin.close()
-        self._child.wait(timeout=30)
+        self.close()
 
 
 def _variants(request: RenderRequest, options: RenderOptions) -> list[PillowVariant]:
     return [
         PillowVariant(
             folder=v.folder,
+            name=f"{request.filename}.{v.ext(request.ext)}",
             edge=v.edge,
             quality=v.quality,
             format=v.format or FORMAT_OF_EXT[request.ext.lower()],
+            sharpen=v.sharpen,
             always=v.always,
         )
         for v in options.variants

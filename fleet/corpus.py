@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 # (kind, extension, weight): a board-like mix of uploads, mostly JPEG (some progressive), a
-# fifth PNG (drawn art, some with transparency), a few GIF and WebP. The weights are an
+# fifth PNG (drawn art, some with transparency), a few GIF and WebP (a few of those with
+# transparency too). The weights are an
 # assumption, not a census; benchmarks also report every kind on its own. Extensions as boards
 # store them: both jpg and jpeg occur.
 FORMATS: tuple[tuple[str, str, int], ...] = (
@@ -26,7 +27,8 @@ FORMATS: tuple[tuple[str, str, int], ...] = (
     ("png", "png", 14),
     ("png-alpha", "png", 8),
     ("gif", "gif", 6),
-    ("webp", "webp", 12),
+    ("webp", "webp", 10),
+    ("webp-alpha", "webp", 2),
 )
 KINDS: tuple[str, ...] = tuple(kind for kind, _, _ in FORMATS)
 EXTENSIONS: dict[str, str] = {kind: ext for kind, ext, _ in FORMATS}
@@ -107,7 +109,7 @@ def write_sample(root: Path, sample: Sample) -> Path:
         sample.width,
         sample.height,
         sample.seed,
-        alpha=sample.kind == "png-alpha",
+        alpha=sample.kind.endswith("-alpha"),
         grain=sample.kind.startswith("jpeg"),
     )
     # Q95: uploads are high-quality JPEGs, about 2 MB for 6 MP (the entropy-coded data is
@@ -120,7 +122,7 @@ def write_sample(root: Path, sample: Sample) -> Path:
         image.pngsave(str(path), compression=6, filter="all")  # as libpng (art tools) saves
     elif sample.kind == "gif":
         image.gifsave(str(path), effort=1)
-    elif sample.kind == "webp":
+    elif sample.kind in ("webp", "webp-alpha"):
         image.webpsave(str(path), Q=85, effort=1)
     else:  # pragma: no cover - plan() only makes known kinds
         raise ValueError(sample.kind)

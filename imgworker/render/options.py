@@ -29,6 +29,12 @@ class Variant:
     """Made for every original; otherwise only for originals larger than ``edge`` whose
     rendition is smaller in bytes than the original."""
 
+    def ext(self, original_ext: str) -> str:
+        """The extension it is written with: the original's own, or its format's."""
+        if self.format is None:
+            return original_ext
+        return "jpg" if self.format == "jpeg" else self.format
+
 
 @dataclass(frozen=True, slots=True)
 class RenderOptions:
