@@ -115,7 +115,8 @@ def per_upload(
     own interpreter."""
     configure_vips()
     options = render_options(settings.replace(iqdb_url=None))
-    first = _requests(samples[:1])[0]  # one untimed render each: imports and codec set-up
+    requests = _requests(samples)
+    first = requests[0]  # one untimed render each: imports and codec set-up
     render(root, first, options)
     renderers.independent(root, first, options)
     renderers.pillow(root, first, options, root / "pillow")
@@ -123,8 +124,7 @@ def per_upload(
         simd.render(root, first, options, root / "pillow-simd")
     timings: dict[str, dict[str, list[float]]] = {}
     for _ in range(repeat):  # interleaved, so drift hits every renderer alike
-        for sample in samples:
-            request = _requests([sample])[0]
+        for sample, request in zip(samples, requests, strict=True):
             kind = timings.setdefault(sample.kind, {name: [] for name in RENDERERS})
             started = cpu_time()
             assert render(root, request, options).ok
@@ -214,7 +214,9 @@ def thumb_profile(root: Path, samples: list[corpus.Sample], options: RenderOptio
         image = steps.to_srgb(image).copy_memory()
         started = lap("decode + shrink", started)
         image = steps.sharpen(image) if thumb.sharpen else image
-        data = steps.encode(image, thumb.format or steps.FORMAT_OF_EXT[sample.ext], thumb.quality)
+        fmt = thumb.output_format(sample.ext)
+        assert fmt is not None
+        data = steps.encode(image, fmt, thumb.quality)
         started = lap("sharpen + encode", started)
         storage.atomic_write(target, data)
         lap("write", started)

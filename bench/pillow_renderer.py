@@ -24,7 +24,7 @@ class PillowVariant(TypedDict):
     """The output file's name, as imgworker names it."""
     edge: int
     quality: int
-    format: str
+    format: str | None
     """The output format, already resolved (the original's own or the variant's)."""
     sharpen: bool
     always: bool
@@ -72,7 +72,7 @@ def _sharpen(image: Any) -> Any:
     return image.filter(mask)
 
 
-def _save(image: Any, path: Path, fmt: str, quality: int) -> None:
+def _save(image: Any, path: Path, fmt: str | None, quality: int) -> None:
     from PIL import Image
 
     if fmt == "jpeg":

@@ -19,7 +19,6 @@ from typing import Any
 from bench import pillow_renderer
 from bench.pillow_renderer import PillowVariant
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, render
-from imgworker.render.steps import FORMAT_OF_EXT
 from imgworker.render.storage import original_path
 
 
@@ -106,7 +105,7 @@ def _variants(request: RenderRequest, options: RenderOptions) -> list[PillowVari
             name=f"{request.filename}.{v.ext(request.ext)}",
             edge=v.edge,
             quality=v.quality,
-            format=v.format or FORMAT_OF_EXT[request.ext.lower()],
+            format=v.output_format(request.ext),
             sharpen=v.sharpen,
             always=v.always,
         )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# Normalised format of a stored extension.
+FORMAT_OF_EXT = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "gif": "gif", "webp": "webp", "avif": "avif"}
+
 
 class VariantStatus(enum.IntEnum):
     """As the board's ``images.medium`` / ``images.large`` columns store it."""
@@ -34,6 +37,10 @@ class Variant:
         if self.format is None:
             return original_ext
         return "jpg" if self.format == "jpeg" else self.format
+
+    def output_format(self, original_ext: str) -> str | None:
+        """The format it is encoded in: its own, or the original's (None: not one we write)."""
+        return self.format or FORMAT_OF_EXT.get(original_ext.lower())
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,7 +109,7 @@ def _current(
 def _write_variant(
     root: Path, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
 ) -> Output:
-    fmt = variant.format or steps.FORMAT_OF_EXT.get(request.ext.lower())
+    fmt = variant.output_format(request.ext)
     if fmt is None:
         raise UnsupportedImageError(f"cannot write a {variant.name} variant as .{request.ext}")
     if variant.sharpen:

@@ -18,9 +18,6 @@ from imgworker.render.errors import TooManyPixelsError, UnsupportedImageError
 # libvips loader name prefix -> the format we call it. Anything else is refused.
 _LOADERS = {"jpegload": "jpeg", "pngload": "png", "gifload": "gif", "webpload": "webp", "heifload": "avif"}
 
-# Normalised format of a stored extension.
-FORMAT_OF_EXT = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "gif": "gif", "webp": "webp", "avif": "avif"}
-
 # "Mild" sharpening after a downscale, as vipsthumbnail used to apply it.
 _SHARPEN_MASK = pyvips.Image.new_from_list([[-1, -1, -1], [-1, 32, -1], [-1, -1, -1]], scale=24)
 
