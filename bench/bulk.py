@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from bench.img import direct_seconds, percentiles
-from fleet import corpus, db
+from bench.img import board_with_uploads, direct_seconds, percentiles
+from fleet import corpus
 from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.processes import wait_healthy, worker_process
@@ -36,7 +34,7 @@ async def upload_latencies(client: FleetClient, name: tuple[str, str], count: in
     latencies = []
     for i in range(count):
         started = time.perf_counter()
-        job = await client.render_upload(900_000 + first + i, *name)
+        job = await client.render_upload(900_000 + first + i, *name)  # ids from board_with_uploads
         await job.result(timeout=120, poll_delay=0.005)
         latencies.append(time.perf_counter() - started)
     return latencies
@@ -49,17 +47,8 @@ async def main(images: int, uploads: int) -> dict[str, Any]:
                             log_level="WARNING", namespace="bench")  # fmt: skip
         samples = corpus.plan(images, seed=11, min_edge=400, max_edge=1600)
         corpus.generate(root, samples)
-        upload = corpus.Sample(999_999, "2025-06-01-upload", "jpg", "jpeg", 1600, 1200, 5)
-        corpus.write_sample(root, upload)
-        engine = db.create_engine(settings)
-        await db.create_schema(engine)
-        rows = [{"image_id": s.image_id, "filename": s.filename, "ext": s.ext} for s in samples]
-        rows += [
-            {"image_id": 900_000 + i, "filename": upload.filename, "ext": upload.ext}
-            for i in range(2 * uploads)
-        ]
-        async with engine.begin() as conn:
-            await conn.execute(sa.insert(db.images), rows)
+        upload = corpus.Sample(900_000, "2025-06-01-upload", "jpg", "jpeg", 1600, 1200, 5)
+        engine = await board_with_uploads(settings, samples, upload, 2 * uploads)
 
         direct_per_s = len(samples) / await direct_seconds(settings, samples)
         with worker_process(["img"], settings), worker_process(["light"], settings):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import renderers
 from fleet import corpus, db
@@ -223,21 +224,31 @@ def thumb_profile(root: Path, samples: list[corpus.Sample], options: RenderOptio
     return {step: round(seconds / len(samples) * 1000, 2) for step, seconds in spent.items()}
 
 
+async def board_with_uploads(
+    settings: Settings, archive: list[corpus.Sample], upload: corpus.Sample, uploads: int
+) -> AsyncEngine:
+    """A board database holding ``archive`` and ``uploads`` rows from ``upload.image_id`` on,
+    all naming the one ``upload`` original (written here): each upload gets its own id."""
+    corpus.write_sample(settings.storage_path, upload)
+    engine = db.create_engine(settings)
+    await db.create_schema(engine)
+    rows = [{"image_id": s.image_id, "filename": s.filename, "ext": s.ext} for s in archive]
+    rows += [
+        {"image_id": upload.image_id + i, "filename": upload.filename, "ext": upload.ext}
+        for i in range(uploads)
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(db.images), rows)
+    return engine
+
+
 async def latency_and_enqueue(
     settings: Settings, archive: list[corpus.Sample], uploads: int
 ) -> dict[str, Any]:
     """Upload latency idle and during a bulk run; enqueue rates."""
     root = settings.storage_path
     upload = corpus.Sample(990_000, "2025-06-01-latency", "jpg", "jpeg", 1600, 1200, 5)
-    corpus.write_sample(root, upload)
-    engine = db.create_engine(settings)
-    await db.create_schema(engine)
-    rows = [{"image_id": s.image_id, "filename": s.filename, "ext": s.ext} for s in archive]
-    rows += [
-        {"image_id": 990_000 + i, "filename": upload.filename, "ext": upload.ext} for i in range(2 * uploads)
-    ]
-    async with engine.begin() as conn:
-        await conn.execute(sa.insert(db.images), rows)
+    engine = await board_with_uploads(settings, archive, upload, 2 * uploads)
     thumb = root / "thumbs" / f"{upload.filename}.webp"
 
     async def measure(client: FleetClient, first: int) -> tuple[list[float], list[float]]:
