@@ -24,9 +24,9 @@ from fleet.deadletters import DeadLetters
 from fleet.deadletters import retry as retry_letter
 from fleet.errors import FleetError
 from fleet.logging import configure_logging, get_logger
-from fleet.registry import WORKERS, Queue
+from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
 from fleet.services import embedded_defaults, with_sqlite_default
-from fleet.settings import get_settings
+from fleet.settings import SettingsError, get_settings, load_env_file
 from fleet.worker import close_worker, make_worker
 
 log = get_logger("fleet.cli")
@@ -223,6 +223,14 @@ def async_command(name: str, body: Callable[[argparse.Namespace], Coroutine[Any,
     return run
 
 
+async def _cron(args: argparse.Namespace) -> int:
+    settings = with_sqlite_default(get_settings())
+    configure_logging(settings)
+    result = await import_string(CRON_RUNNER)(args.name, settings)
+    print(json.dumps({"cron": args.name, "result": result}))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fleet.demo import main as demo_main
 
@@ -231,6 +239,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from a .env file first (the board's own works); set variables win",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a worker (see README for its settings)")
@@ -290,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     rethumb.add_argument("--json", action="store_true", help="only the final JSON summary")
     rethumb.set_defaults(run=async_command("rethumb", _rethumb))
 
+    cron = sub.add_parser("cron", help="run one cron job of the db worker once, now, in this process")
+    cron.add_argument(
+        "name", choices=sorted(CRON_JOBS), help="; ".join(f"{k}: {v}" for k, v in CRON_JOBS.items())
+    )
+    cron.set_defaults(run=async_command("cron", _cron))
+
     demo = sub.add_parser("demo", help="render a generated sample archive end to end on embedded services")
     demo.add_argument("--images", type=int, default=200)
     demo.add_argument("--keep", action="store_true", help="keep the sample storage root and print its path")
@@ -308,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Command = args.run
-    return run(args)
+    try:
+        if args.env_file is not None:
+            load_env_file(args.env_file)
+        get_settings()  # every setting checked before any work, in one clear line
+        return run(args)
+    except SettingsError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -196,3 +196,11 @@ WORKERS: dict[str, str] = {
     "iqdb": "ratingworker.worker.iqdb_worker_settings",
     "db": "ratingworker.worker.db_worker_settings",
 }
+
+CRON_JOBS: dict[str, str] = {
+    "close_expired_reviews": "open reviews past their deadline: close by quorum, extend once, or keep",
+    "prune_admin_actions": "delete audit rows older than ADMIN_ACTION_RETENTION_DAYS (daily)",
+}
+"""The cron jobs of the db worker, by name; ``fleet cron NAME`` runs one now through
+``CRON_RUNNER`` (a dotted path, like ``WORKERS``)."""
+CRON_RUNNER = "ratingworker.worker.run_cron_once"

@@ -1,32 +1,44 @@
-"""One typed settings object, read from the environment once.
+"""One typed settings object, read from the environment once, and checked at start.
 
 Every knob of the fleet lives here, so operators find them in one place and the README's
 settings table can be checked against this file. Variables are upper-case field names,
-e.g. ``THUMB_SIZE=400``; ``REDIS_URL``/``DATABASE_URL`` unset means "use the embedded default".
+e.g. ``THUMB_QUALITY=80``; ``REDIS_URL``/``DATABASE_URL`` unset means "use the embedded default".
+Where the board (shuushuu-api) has its own variable for the same thing, fleet reads that too
+(``BOARD_NAMES``), so a board's ``.env`` works unchanged. A value that cannot work is refused
+when the settings are built, in one line naming the variable, its value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
+
+from fleet.errors import FleetError
+
+
+class SettingsError(FleetError, ValueError):
+    """A setting that cannot work; the message names the variable, its value and what is allowed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     # Where things live.
     redis_url: str | None = None
-    """Redis for queues; unset: fleet commands start a private redis-server."""
+    """Redis for queues; unset: fleet commands start a private redis-server. The board's
+    ARQ_REDIS_URL wins over REDIS_URL (on the board, REDIS_URL is its cache)."""
     database_url: str | None = None
     """SQLAlchemy async URL; unset: a SQLite file under the storage root."""
     storage_path: Path = Path("storage")
     """Root holding fullsize/, thumbs/, medium/ and large/."""
     iqdb_url: str | None = None
-    """IQDB server; unset: indexing is switched off."""
+    """IQDB server; unset: indexing is switched off. Or the board's IQDB_HOST + IQDB_PORT."""
     namespace: str = "fleet"
     """Prefix of every queue and key fleet writes, so several fleets (or test runs) share a Redis."""
 
@@ -72,11 +84,14 @@ class Settings:
     """How often the review-deadline cron runs (a divisor of a minute, hour or day)."""
     review_quorum: int = 3
     review_extension_days: int = 3
+    admin_action_retention_days: int = 730
+    """Audit rows (admin_actions) older than this are pruned daily, as the board's own job did."""
 
     # Queue behaviour, shared by all workers.
     poll_delay_s: float = 0.02
     """arq polls this often; at the 0.5 s default a busy queue is capped at max_jobs/0.5 jobs/s."""
     keep_result_s: int = 3600
+    """Board name: ARQ_KEEP_RESULT."""
     max_tries: int = 8
     """Tries of a job failing transiently before it is given up."""
     dead_letter_ttl_s: int = 7 * 24 * 3600
@@ -95,36 +110,55 @@ class Settings:
     retry_base_s: float = 1.0
     retry_cap_s: float = 300.0
     """Backoff before try n is a random time in [0, min(cap, base * 2**(n-1))] (full jitter)."""
-    log_format: str = "console"
-    """console or json."""
+    log_format: str = "auto"
+    """auto (JSON when stderr is not a terminal, as in a container), console or json."""
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            checked = _check(f.name, value)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``); keyword overrides win."""
+        """Build settings from ``environ`` (default ``os.environ``); keyword overrides win.
+
+        Raises :class:`SettingsError` naming the variable that was read."""
         env = os.environ if environ is None else environ
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
+        read_from: dict[str, str] = {}
         for f in fields(cls):
-            raw = env.get(f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw, hints[f.name])
+            found = _lookup(f.name, env)
+            if found is not None:
+                name, raw = found
+                read_from[f.name] = name
+                values[f.name] = _parse(name, raw, hints[f.name])
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except SettingsError as exc:
+            field_name = getattr(exc, "field_name", None)
+            variable = read_from.get(field_name or "")
+            if variable and variable != (field_name or "").upper():
+                raise SettingsError(str(exc).replace(f"{field_name.upper()}=", f"{variable}=", 1)) from None  # type: ignore[union-attr]
+            raise
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
-        env: dict[str, str] = {}
+        env: dict[str, str] = {"IQDB_HOST": "", "IQDB_PORT": ""}  # iqdb_url says it all
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
-                continue
             if isinstance(value, bool):
                 value = "1" if value else "0"
-            env[f.name.upper()] = str(value)
+            text = "" if value is None else str(value)  # "" is unset: nothing inherited wins
+            for name in (f.name.upper(), *BOARD_NAMES.get(f.name, ())):
+                env[name] = text
         return env
 
     @property
@@ -134,6 +168,169 @@ class Settings:
     @property
     def img_concurrency(self) -> int:
         return self.img_max_jobs or 2 * self.pool_size
+
+
+# --- the board's names --------------------------------------------------------------------------
+
+BOARD_NAMES: dict[str, tuple[str, ...]] = {
+    "redis_url": ("ARQ_REDIS_URL",),
+    "thumb_quality": ("THUMBNAIL_QUALITY",),
+    "variant_quality": ("LARGE_QUALITY",),
+    "max_tries": ("ARQ_MAX_TRIES",),
+    "keep_result_s": ("ARQ_KEEP_RESULT",),
+}
+"""shuushuu-api's variables for fleet's settings (``app/config.py``). ``DATABASE_URL``,
+``STORAGE_PATH``, ``MEDIUM_EDGE``, ``LARGE_EDGE``, ``REVIEW_QUORUM`` and
+``REVIEW_EXTENSION_DAYS`` share fleet's own names; ``IQDB_HOST`` + ``IQDB_PORT`` make the IQDB URL."""
+
+_BOARD_FIRST = {"redis_url"}
+"""Where the board's name wins over fleet's: the board's REDIS_URL is its cache (DB 0) and
+ARQ_REDIS_URL its queue (DB 1); fleet's queue belongs beside the board's."""
+
+
+def _lookup(field_name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The (variable, value) a field is read from, or None when unset."""
+    own = field_name.upper()
+    names = (
+        (*BOARD_NAMES.get(field_name, ()), own)
+        if field_name in _BOARD_FIRST
+        else (own, *BOARD_NAMES.get(field_name, ()))
+    )
+    found = [(name, env[name]) for name in names if env.get(name, "") != ""]
+    if field_name == "iqdb_url" and env.get("IQDB_HOST"):
+        found.append(("IQDB_HOST", f"http://{env['IQDB_HOST']}:{env.get('IQDB_PORT') or 5588}"))
+    if not found:
+        return None
+    if field_name not in _BOARD_FIRST and len({value for _, value in found}) > 1:
+        told = " and ".join(f"{name}={value!r}" for name, value in found)
+        raise SettingsError(f"settings {told} disagree: set one of them")
+    return found[0]
+
+
+def env_names() -> frozenset[str]:
+    """Every environment variable fleet reads."""
+    own = {f.name.upper() for f in fields(Settings)}
+    board = {name for names in BOARD_NAMES.values() for name in names}
+    return frozenset(own | board | {"IQDB_HOST", "IQDB_PORT"})
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+THUMB_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif", "avif": "avif"}
+_DATABASE_DRIVERS = {
+    "sqlite+aiosqlite": None,
+    "mysql+aiomysql": None,
+    "mariadb+aiomysql": None,
+    "postgresql+asyncpg": None,
+    "sqlite": "sqlite+aiosqlite://",
+    "mysql": "mysql+aiomysql://",
+    "mariadb": "mysql+aiomysql://",
+    "mysql+pymysql": "mysql+aiomysql://",
+    "mysql+mysqldb": "mysql+aiomysql://",
+    "postgresql": "postgresql+asyncpg://",
+    "postgres": "postgresql+asyncpg://",
+    "postgresql+psycopg2": "postgresql+asyncpg://",
+    "postgresql+psycopg": "postgresql+asyncpg://",
+}
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else "one of " + ", ".join(allowed)
+
+
+def _at_least(low: float, high: float | None = None) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v < low or (high is not None and v > high):
+            return f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        return None
+
+    return check
+
+
+def _url(*schemes: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            return "a URL starting " + " or ".join(f"{s}://" for s in schemes)
+        return None
+
+    return check
+
+
+def _database_url(v: Any) -> str | None:
+    if v is None:
+        return None
+    scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+    if scheme not in _DATABASE_DRIVERS:
+        return "an async SQLAlchemy URL: postgresql+asyncpg://, mysql+aiomysql:// or sqlite+aiosqlite:///"
+    if hint := _DATABASE_DRIVERS[scheme]:
+        return f"an async driver: use {hint}... (fleet talks to the database with asyncio)"
+    return None
+
+
+def _cron_period(v: Any) -> str | None:
+    for unit, whole in ((1, 60), (60, 3600), (3600, 86400)):
+        if 0 < v <= whole and v % unit == 0 and whole % v == 0:
+            return None
+    return "a divisor of a minute, an hour or a day, in seconds (e.g. 30, 600, 3600, 86400)"
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "redis_url": _url("redis", "rediss", "unix"),
+    "database_url": _database_url,
+    "iqdb_url": _url("http", "https"),
+    "namespace": lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "letters, digits, '_', '.', '-'",
+    "thumb_format": lambda v: None if v in THUMB_FORMATS else "one of webp, jpeg (or jpg), png, gif, avif",
+    "thumb_quality": _at_least(1, 100),
+    "variant_quality": _at_least(1, 100),
+    "max_tries": _at_least(1),
+    "admin_action_retention_days": _at_least(1),
+    "review_every_s": _cron_period,
+    "review_quorum": _at_least(1),
+    "metrics_port": _at_least(0, 65535),
+    "log_format": _one_of("auto", "console", "json"),
+    "log_level": lambda v: (
+        None
+        if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+        else "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    ),
+}
+_POSITIVE = {
+    "thumb_size", "medium_edge", "large_edge", "max_pixels", "render_timeout_s", "render_recycle_after",
+    "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "light_max_jobs", "iqdb_timeout_s",
+    "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s",
+}  # fmt: skip
+
+
+def _check(name: str, value: Any) -> Any:
+    """``value`` as the field keeps it (``jpg`` becomes ``jpeg``), or a :class:`SettingsError`."""
+    if name == "thumb_format" and isinstance(value, str):
+        value = THUMB_FORMATS.get(value.lower(), value)
+    problem: str | None = None
+    if name in _CHECKS:
+        problem = _CHECKS[name](value)
+    elif name in _POSITIVE and value <= 0:
+        problem = "more than 0"
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        problem = "0 or more"
+    if problem is not None:
+        error = SettingsError(
+            f"setting {name.upper()}={_shown(name, value)} is not allowed: must be {problem}"
+        )
+        error.field_name = name  # type: ignore[attr-defined]
+        raise error
+    return value
+
+
+def _shown(name: str, value: Any) -> str:
+    """The value for an error line, with any password in a URL masked."""
+    text = str(value)
+    if name.endswith("_url") and "@" in text and "://" in text:
+        scheme, rest = text.split("://", 1)
+        text = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return repr(text)
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:
@@ -154,10 +351,23 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
         if "str" in text:
             return raw
     except ValueError:
-        raise ValueError(
-            f"setting {name.upper()}={raw!r} is not a valid {getattr(hint, '__name__', text)}"
+        raise SettingsError(
+            f"setting {name}={raw!r} is not a valid {getattr(hint, '__name__', text)}"
         ) from None
     raise TypeError(f"setting {name}: unsupported type {text}")  # pragma: no cover - a programming error
+
+
+def load_env_file(path: Path) -> None:
+    """Read a ``.env`` file (the board's, say) into the environment; variables already set
+    win, as they do for the board's own settings."""
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        raise SettingsError(f"env file {path} does not exist")
+    for name, value in dotenv_values(path).items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+    get_settings.cache_clear()
 
 
 @cache
@@ -166,4 +376,4 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_env_file"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Generic
 
 from arq.constants import in_progress_key_prefix
-from arq.cron import CronJob
+from arq.cron import CronJob, cron
 from arq.worker import Function, Retry, Worker, func
 from redis.exceptions import RedisError
 
@@ -161,6 +161,44 @@ def _adapt(
     # arq would fail a job past its own max_tries without us: keep that bound out of reach,
     # and its timeout behind ours (an arq timeout fails a job for good).
     return func(run_job, name=spec.name, max_tries=1000, timeout=timeout_s + 10)
+
+
+def fleet_cron(
+    run: Callable[[Context], Awaitable[Any]], *, name: str, settings: Settings, period_s: int, **schedule: Any
+) -> CronJob:
+    """An arq cron job under the same failure model as every other job.
+
+    arq runs cron functions without our adapter, and a :class:`JobError` (a ``BaseException``)
+    escaping one would kill the job task unrecorded: here a transient failure is retried
+    with backoff and a permanent one is dead-lettered with its reason. ``unique``: every
+    replica offers the run of a slot under one job id, so it runs once; the result is kept for
+    two periods, so a replica that comes late to a slot cannot run it again."""
+
+    async def run_cron(ctx: Context) -> Any:
+        job_try = int(ctx.get("job_try", 1))
+        try:
+            return await run(ctx)
+        except JobError as exc:
+            failure: JobError = exc
+        except Retry:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not swallowed: dead-lettered below, with its reason
+            failure = PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
+        if not failure.permanent and job_try < settings.max_tries:
+            log.warning("%s try %d: %s: %s (will retry)", name, job_try, failure.kind, failure)
+            raise Retry(defer=backoff_s(job_try, settings)) from failure
+        message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
+        raise await dead_letter(ctx, name, [], failure.kind, message) from failure
+
+    run_cron.__qualname__ = run_cron.__name__ = name
+    return cron(
+        run_cron,
+        name=f"{settings.namespace}:{name}",
+        unique=True,
+        max_tries=1000,
+        keep_result=max(settings.keep_result_s, 2 * period_s),
+        **schedule,
+    )
 
 
 async def _quarantine(ctx: Context, problem: dict[str, Any]) -> None:

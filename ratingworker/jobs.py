@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+from fleet.board import utc_now
+from fleet.db import BoardSchema
 from fleet.errors import PermanentError
 from fleet.paths import UnsafePathError, stored_file
 from fleet.registry import (
@@ -70,8 +72,8 @@ async def index_iqdb(ctx: Context, payload: IqdbIndex) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise PermanentError(f"{payload.path} does not exist", kind="MissingThumbnail") from exc
     digest = await iqdb.add(payload.image_id, jpeg)
-    await database.store_iqdb_hash(ctx["db"], payload.image_id, digest)
-    return {"image_id": payload.image_id, "hash_chars": len(digest)}
+    stored = await database.store_iqdb_hash(ctx["db"], await _schema(ctx), payload.image_id, digest)
+    return {"image_id": payload.image_id, "hash_chars": len(digest), "hash_stored": stored}
 
 
 @handles(DELETE_FROM_IQDB)
@@ -80,23 +82,36 @@ async def delete_from_iqdb(ctx: Context, payload: ImageRef) -> dict[str, Any]:
     if iqdb is None:
         return {"skipped": "IQDB_URL not set"}
     existed = await iqdb.delete(payload.image_id)
-    await database.store_iqdb_hash(ctx["db"], payload.image_id, None)
+    await database.store_iqdb_hash(ctx["db"], await _schema(ctx), payload.image_id, None)
     return {"image_id": payload.image_id, "existed": existed}
 
 
+async def _schema(ctx: Context) -> BoardSchema:
+    schema: BoardSchema = await ctx["schema"].get()
+    return schema
+
+
+# --- cron jobs: each takes only the worker's context, so `fleet cron NAME` can run it now ---
+
+
 async def close_expired_reviews(ctx: Context) -> dict[str, int]:
-    """Cron: settle reviews past their deadline."""
+    """Settle reviews past their deadline (hourly by default, like the board's own cron)."""
     settings: Settings = ctx["settings"]
     run = await database.close_expired_reviews(
         ctx["db"],
-        datetime.now(),
+        await _schema(ctx),
+        utc_now(),
         settings.review_quorum,
         timedelta(days=settings.review_extension_days),
     )
     log.info("reviews settled: %s", run)
-    return {
-        "closed_keep": run.closed_keep,
-        "closed_remove": run.closed_remove,
-        "extended": run.extended,
-        "errors": run.errors,
-    }
+    return {"closed_keep": run.closed_keep, "closed_remove": run.closed_remove, "extended": run.extended}
+
+
+async def prune_admin_actions(ctx: Context) -> dict[str, int]:
+    """Delete audit rows older than ADMIN_ACTION_RETENTION_DAYS (daily)."""
+    settings: Settings = ctx["settings"]
+    retention = timedelta(days=settings.admin_action_retention_days)
+    deleted = await database.prune_admin_actions(ctx["db"], utc_now(), retention)
+    log.info("admin_actions pruned: %d older than %s days", deleted, retention.days)
+    return {"deleted": deleted}

@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from arq.cron import cron
-
-from fleet.db import create_engine
-from fleet.registry import Queue
+from fleet.db import SchemaProbe, create_engine
+from fleet.errors import FleetError, TransientError
+from fleet.registry import CRON_JOBS, Queue
 from fleet.settings import Settings, get_settings
-from fleet.worker import Context, build_worker
+from fleet.worker import Context, build_worker, fleet_cron
 from ratingworker import jobs
 from ratingworker.iqdb import IqdbClient
 
@@ -21,7 +20,14 @@ log = logging.getLogger("ratingworker")
 
 
 async def _open_db(ctx: Context) -> None:
+    """The engine, and the board's schema probed now (its missing optional columns are
+    logged once); a database away at start-up is probed again at the first job."""
     ctx["db"] = create_engine(ctx["settings"])
+    ctx["schema"] = SchemaProbe(ctx["db"])
+    try:
+        await ctx["schema"].get()
+    except TransientError as exc:
+        log.warning("database not reachable at start-up (%s); its schema is read at the first job", exc)
 
 
 async def _close_db(ctx: Context) -> None:
@@ -62,16 +68,28 @@ def review_schedule(every_s: int) -> dict[str, Any]:
     return {"hour": set(range(0, 24, every_s // 3600)), "minute": 0, "second": 0}
 
 
-def db_worker_settings(settings: Settings) -> dict[str, Any]:
-    # unique: each replica offers the run for a slot under the same job id, so it runs once;
-    # the kept result holds that id, so a replica that comes late to a slot cannot rerun it.
-    reviews = cron(
+def cron_jobs(settings: Settings) -> list[Any]:
+    """The database cron jobs, each once per slot across every replica."""
+    reviews = fleet_cron(
         jobs.close_expired_reviews,
-        name=f"{settings.namespace}:close_expired_reviews",
-        unique=True,
-        keep_result=max(settings.keep_result_s, 2 * settings.review_every_s),
+        name="close_expired_reviews",
+        settings=settings,
+        period_s=settings.review_every_s,
         **review_schedule(settings.review_every_s),
     )
+    prune = fleet_cron(
+        jobs.prune_admin_actions,
+        name="prune_admin_actions",
+        settings=settings,
+        period_s=86400,
+        hour={4},
+        minute=17,
+        second=0,
+    )
+    return [reviews, prune]
+
+
+def db_worker_settings(settings: Settings) -> dict[str, Any]:
     return build_worker(
         Queue.DB,
         [jobs.write_variant_flags, jobs.recalculate_rating],
@@ -80,8 +98,20 @@ def db_worker_settings(settings: Settings) -> dict[str, Any]:
         on_shutdown=_close_db,
         max_jobs=settings.light_max_jobs,
         job_timeout_s=60,
-        cron_jobs=[reviews],
+        cron_jobs=cron_jobs(settings),
     )
+
+
+async def run_cron_once(name: str, settings: Settings) -> Any:
+    """Run one cron job now, in this process (``fleet cron NAME``): for operators and tests."""
+    if name not in CRON_JOBS:
+        raise FleetError(f"no cron job {name!r}; there are {', '.join(sorted(CRON_JOBS))}")
+    ctx: Context = {"settings": settings}
+    await _open_db(ctx)
+    try:
+        return await getattr(jobs, name)(ctx)
+    finally:
+        await _close_db(ctx)
 
 
 IqdbWorkerSettings = iqdb_worker_settings(get_settings())

@@ -1,5 +1,6 @@
 """Fixtures on real services: Redis (the machine's via TEST_REDIS_URL, else a private
-redis-server), MariaDB (TEST_MYSQL_URL), real pyvips, real processes.
+redis-server), MariaDB (TEST_MYSQL_URL) and PostgreSQL (TEST_POSTGRES_URL) holding the
+board's real tables, real pyvips, real processes.
 
 Every test gets its own key namespace and storage root, so tests never see each other's
 queues or files, and a shared Redis is never flushed. A service that cannot be reached skips
@@ -106,47 +107,113 @@ async def running_worker(*worker_kwargs: dict[str, Any] | list[dict[str, Any]]) 
                 await task
 
 
-@pytest.fixture
-def mysql_url() -> str:
-    """A MariaDB server URL (no database); tests create and drop their own database."""
-    url = os.environ.get("TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/")
+def _reachable(url: str, default_port: int, what: str) -> str:
     import socket
     from urllib.parse import urlparse
 
     parsed = urlparse(url)
     try:
-        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 3306), timeout=2).close()
+        socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=2
+        ).close()
     except OSError as exc:
-        unavailable(f"MariaDB at {parsed.hostname}:{parsed.port} unreachable: {exc}")
+        unavailable(f"{what} at {parsed.hostname}:{parsed.port or default_port} unreachable: {exc}")
     return url
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty board database with fleet's tables: SQLite, and MariaDB per run."""
+@pytest.fixture
+def mysql_url() -> str:
+    """A MariaDB server URL (no database); tests create and drop their own database."""
+    return _reachable(
+        os.environ.get("TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/"), 3306, "MariaDB"
+    )
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A PostgreSQL server URL (no database); tests create and drop their own database."""
+    url = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/")
+    return _reachable(url, 5432, "PostgreSQL")
+
+
+BOARD_SCHEMAS = {
+    "mariadb-seed": ("mysql_url", "mariadb_seed.sql"),
+    "mariadb": ("mysql_url", "mariadb_head.sql"),
+    "postgres": ("postgres_url", "postgres_head.sql"),
+}
+"""The board's real tables (tests/board_schema/, written from docs/board.md): the seed-era
+board on MariaDB, and today's on MariaDB and PostgreSQL."""
+
+
+@contextlib.asynccontextmanager
+async def board_database(request: pytest.FixtureRequest, kind: str) -> AsyncIterator[str]:
+    """A fresh database holding the board's tables of ``kind``, dropped afterwards."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from fleet.db import create_engine, create_schema
-
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
-        server = None
-    else:
-        server_url = request.getfixturevalue("mysql_url")
-        name = f"fleet_test_{uuid.uuid4().hex[:12]}"
-        server = create_async_engine(server_url)
-        async with server.begin() as conn:
-            await conn.execute(text(f"CREATE DATABASE `{name}`"))
-        url = f"{server_url.rstrip('/')}/{name}"
-    engine = create_engine(Settings(database_url=url))
-    await create_schema(engine)
-    await engine.dispose()
-    yield url
-    if server is not None:
-        async with server.begin() as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    server_fixture, ddl = BOARD_SCHEMAS[kind]
+    server_url: str = request.getfixturevalue(server_fixture)
+    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    quote = "`" if server_fixture == "mysql_url" else '"'
+    server = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    async with server.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {quote}{name}{quote}"))
+    url = f"{server_url.rstrip('/')}/{name}"
+    engine = create_async_engine(url)
+    try:
+        statements = "\n".join(
+            line for line in (Path(__file__).parent / "board_schema" / ddl).read_text().splitlines()
+            if not line.startswith("--")
+        ).split(";")  # fmt: skip
+        async with engine.begin() as conn:
+            if server_fixture == "mysql_url":
+                mode = (await conn.execute(text("SELECT @@SESSION.sql_mode"))).scalar_one()
+                assert "STRICT_TRANS_TABLES" in mode, f"MariaDB is not in strict mode: {mode}"
+            for statement in statements:
+                if statement.strip():
+                    await conn.execute(text(statement))
+            await conn.execute(
+                text("INSERT INTO users (user_id, username) VALUES (:id, :name)"),
+                [{"id": i, "name": f"user{i}"} for i in range(1, 1101)],
+            )
+        await engine.dispose()
+        yield url
+    finally:
+        await engine.dispose()
+        async with server.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}"))
         await server.dispose()
+
+
+@pytest.fixture(params=["sqlite", *BOARD_SCHEMAS])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh board database: the board's own tables (seed-era MariaDB, today's MariaDB and
+    PostgreSQL), and fleet's demo copy on SQLite."""
+    if request.param == "sqlite":
+        from fleet.db import create_engine, create_schema
+
+        url = f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
+        engine = create_engine(Settings(database_url=url))
+        await create_schema(engine)
+        await engine.dispose()
+        yield url
+        return
+    async with board_database(request, request.param) as url:
+        yield url
+
+
+@pytest.fixture(params=list(BOARD_SCHEMAS))
+async def server_database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The board's own tables on a database server (no SQLite)."""
+    async with board_database(request, request.param) as url:
+        yield url
+
+
+@pytest.fixture(params=["mariadb", "postgres"])
+async def today_database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Today's board (2026-08 schema) on MariaDB and PostgreSQL."""
+    async with board_database(request, request.param) as url:
+        yield url
 
 
 @pytest.fixture

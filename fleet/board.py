@@ -1,0 +1,122 @@
+"""The board's vocabulary: the integer codes and names shuushuu-api stores, in one place.
+
+Every value here is the board's own (``app/config.py``, ``app/models/image.py``,
+``app/core/r2_constants.py``; see ``docs/board.md`` beside the checkout): fleet writes rows
+the board's web process reads, so a code spelled differently here is a bug there. Plain
+Python, no database or queue imports, so the pure render code can use it too.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+
+class ImageStatus(enum.IntEnum):
+    """``images.status``."""
+
+    REVIEW = -4
+    LOW_QUALITY = -3
+    """Legacy: no longer set by today's board."""
+    INAPPROPRIATE = -2
+    """Legacy today; the seed-era board's status for an image removed by review."""
+    REPOST = -1
+    DEACTIVATED = 0
+    ACTIVE = 1
+    SPOILER = 2
+
+
+PUBLIC_STATUSES = frozenset({ImageStatus.ACTIVE, ImageStatus.SPOILER, ImageStatus.REPOST})
+"""Statuses whose files live in the public bucket; every other status is private."""
+
+
+class VariantStatus(enum.IntEnum):
+    """``images.medium`` / ``images.large``."""
+
+    NONE = 0
+    """Not needed (original small enough) or not smaller than the original: serve the original."""
+    READY = 1
+    PENDING = 2
+    """Set by the upload; a render settles it to READY or NONE."""
+
+
+class R2Location(enum.IntEnum):
+    """``images.r2_location``: which bucket holds the image's objects."""
+
+    NONE = 0
+    PUBLIC = 1
+    PRIVATE = 2
+
+
+class ReviewStatus(enum.IntEnum):
+    """``image_reviews.status``."""
+
+    OPEN = 0
+    CLOSED = 1
+
+
+class ReviewOutcome(enum.IntEnum):
+    """``image_reviews.outcome``."""
+
+    PENDING = 0
+    KEEP = 1
+    REMOVE = 2
+    SUPERSEDED = 3
+
+
+class ReviewVote(enum.IntEnum):
+    """``review_votes.vote``."""
+
+    REMOVE = 0
+    KEEP = 1
+
+
+class DeactivationReason(enum.IntEnum):
+    """``reason_category`` of images, reviews and status history."""
+
+    INAPPROPRIATE = 1
+    LOW_QUALITY = 2
+    SPAM = 3
+    OTHER = 4
+
+
+class AdminActionType(enum.IntEnum):
+    """``admin_actions.action_type``; fleet writes REVIEW_CLOSE and REVIEW_EXTEND."""
+
+    REPORT_DISMISS = 1
+    REPORT_ACTION = 2
+    REVIEW_START = 3
+    REVIEW_VOTE = 4
+    REVIEW_CLOSE = 5
+    REVIEW_EXTEND = 6
+    IMAGE_STATUS_CHANGE = 7
+    COMMENT_DELETE = 8
+    IMAGE_DELETE = 9
+
+
+class CloseReason(enum.StrEnum):
+    """``details.close_reason`` of an automatic REVIEW_CLOSE."""
+
+    QUORUM_REACHED = "quorum_reached"
+    DEFAULT_AFTER_EXTENSION = "default_after_extension"
+
+
+EXTEND_REASON = "deadline_expired_auto_extend"
+"""``details.reason`` of an automatic REVIEW_EXTEND."""
+
+REMOVED_BY_REVIEW = "Removed by community review"
+"""The status reason the board records when a review removes an image and gave none."""
+
+
+class Folder(enum.StrEnum):
+    """Folders under ``STORAGE_PATH`` (and key prefixes in the buckets)."""
+
+    ORIGINALS = "fullsize"
+    THUMBS = "thumbs"
+    MEDIUM = "medium"
+    LARGE = "large"
+
+
+def utc_now() -> datetime:
+    """Now as the board stores times: naive UTC (its DATETIME columns carry no zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
