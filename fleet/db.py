@@ -124,17 +124,34 @@ image_status_history = sa.Table(
     sa.Column("review_id", sa.Integer, nullable=True),
 )
 
-OPTIONAL: dict[tuple[str, str | None], str] = {
-    ("images", "iqdb_hash"): "IQDB hashes are not stored (IQDB itself is still told)",
-    ("images", "r2_location"): "r2_location is not updated",
-    ("images", "reason_category"): "a review's removal reason is not copied to the image",
-    ("images", "status_reason"): "a review's removal reason is not copied to the image",
-    ("image_reviews", "reason_category"): "a removal uses the seed-era status INAPPROPRIATE (-2)",
-    ("image_reviews", "reason"): "a removal records the default reason",
-    ("image_status_history", None): "no image_status_history rows are written",
-}
-"""What fleet writes only when the board has it: (table, column or None for the whole table)
-and what is switched off without it. Boards before 2026-05 lack all of these."""
+
+@dataclass(frozen=True, slots=True)
+class OptionalWrite:
+    """A write fleet makes only on boards that have its columns (boards before 2026-05 lack
+    all of these): probed once at start-up, switched off with one warning line otherwise."""
+
+    name: str
+    needs: tuple[tuple[str, str | None], ...]
+    """(table, column), or (table, None) for the whole table."""
+    without: str
+    """What happens instead, for the warning."""
+
+
+OPTIONAL = (
+    OptionalWrite("iqdb_hash", (("images", "iqdb_hash"),), "IQDB hashes are not stored (IQDB is still told)"),
+    OptionalWrite("r2_location", (("images", "r2_location"),), "r2_location is not updated"),
+    OptionalWrite("status_history", (("image_status_history", None),), "no image_status_history rows"),
+    OptionalWrite(
+        "removal_reasons",
+        (
+            ("images", "reason_category"),
+            ("images", "status_reason"),
+            ("image_reviews", "reason_category"),
+            ("image_reviews", "reason"),
+        ),
+        "a review's removal sets the seed-era status INAPPROPRIATE (-2), with no reason",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +164,19 @@ class BoardSchema:
         present = self.columns.get(table)
         return present is not None and (column is None or column in present)
 
+    def can(self, write: str) -> bool:
+        """Whether the optional write ``write`` (an ``OPTIONAL`` name) is possible here."""
+        [optional] = [o for o in OPTIONAL if o.name == write]
+        return all(self.has(table, column) for table, column in optional.needs)
+
     def missing_optional(self) -> list[str]:
         """One line per write switched off, for the start-up warning."""
-        return [
-            f"{table}{'.' + column if column else ''} is missing: {effect}"
-            for (table, column), effect in OPTIONAL.items()
-            if not self.has(table, column)
-        ]
+        lines = []
+        for optional in OPTIONAL:
+            missing = [f"{t}.{c}" if c else t for t, c in optional.needs if not self.has(t, c)]
+            if missing:
+                lines.append(f"{optional.name} off ({', '.join(missing)} missing): {optional.without}")
+        return lines
 
 
 async def probe_schema(engine: AsyncEngine) -> BoardSchema:

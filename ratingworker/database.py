@@ -57,7 +57,7 @@ async def store_iqdb_hash(
     engine: AsyncEngine, schema: BoardSchema, image_id: int, digest: str | None
 ) -> bool:
     """Record IQDB's hash; False (and nothing written) on a board without ``images.iqdb_hash``."""
-    if not schema.has("images", "iqdb_hash"):
+    if not schema.can("iqdb_hash"):
         return False
     with db_errors():
         async with engine.begin() as conn:
@@ -152,7 +152,7 @@ async def close_expired_reviews(
     others are committed), so a broken review is retried or dead-lettered, never just logged."""
     run = ReviewRun()
     rv = image_reviews.c
-    optional = [rv[c] for c in ("reason_category", "reason") if schema.has("image_reviews", c)]
+    optional = [rv.reason_category, rv.reason] if schema.can("removal_reasons") else []
     with db_errors():
         async with engine.begin() as conn:
             due = (
@@ -279,7 +279,7 @@ async def _change_status(
 
     Today's board deactivates a removed image (status 0) with the review's reason; the
     seed-era board, without reason columns, marked it INAPPROPRIATE (-2)."""
-    reasons = schema.has("images", "reason_category") and schema.has("images", "status_reason")
+    reasons = schema.can("removal_reasons")
     category: int | None = None
     reason: str | None = None
     if outcome == ReviewOutcome.KEEP:
@@ -298,7 +298,7 @@ async def _change_status(
     if reasons:
         values |= {"reason_category": category, "status_reason": reason}
     await conn.execute(sa.update(images).where(images.c.image_id == review.image_id).values(**values))
-    if new_status != old_status and schema.has("image_status_history"):
+    if new_status != old_status and schema.can("status_history"):
         await conn.execute(
             sa.insert(image_status_history).values(
                 image_id=review.image_id,

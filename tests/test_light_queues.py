@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet.client import FleetClient
-from fleet.db import image_reviews, images
+from fleet.db import image_reviews, images, probe_schema
 from fleet.errors import JobFailedError
 from fleet.registry import Queue, queue_key
 from fleet.settings import Settings
@@ -54,9 +54,12 @@ async def test_upload_render_flags_and_iqdb_chain(light_settings: Settings, db: 
                 await job.result(timeout=60, poll_delay=0.02)
 
             async def indexed() -> bool:
-                return all([(await row(db, images, image_id=i))["iqdb_hash"] for i in (1, 2)])
+                posted = [r for r in iqdb.state.requests if r.method == "POST"]
+                return len(posted) >= 2 and not await client.redis.zcard(
+                    queue_key(settings.namespace, Queue.IQDB)
+                )
 
-            await eventually(indexed)
+            await eventually(indexed)  # both IQDB jobs have finished
             render_end = {
                 i: (await job.result_info()).finish_time.timestamp()
                 for i, job in zip((1, 2), jobs, strict=True)
@@ -66,14 +69,17 @@ async def test_upload_render_flags_and_iqdb_chain(light_settings: Settings, db: 
         assert (one["medium"], one["large"]) == (1, 1)  # READY
         assert (two["medium"], two["large"]) == (0, 0)  # NONE
         posts = {int(r.path.rsplit("/", 1)[1]): r for r in iqdb.state.requests if r.method == "POST"}
-        assert sorted(posts) == [1, 2]
+        assert sorted(posts) == [1, 2]  # once each: a board without iqdb_hash is no reason to retry
+        hashes = (await probe_schema(db)).can("iqdb_hash")
         for image_id, request in posts.items():
             assert request.file is not None and request.file.startswith(b"\xff\xd8\xff")  # a JPEG
             stored = (settings.storage_path / "iqdb" / f"2025-01-01-{image_id}.jpg").read_bytes()
             assert request.file == stored
-            assert (await row(db, images, image_id=image_id))["iqdb_hash"] == fake_hash(stored)
-            # Chained, not delayed: IQDB hears about the image as soon as the render ends.
-            assert request.at - render_end[image_id] < 0.050, request.at - render_end[image_id]
+            if hashes:
+                assert (await row(db, images, image_id=image_id))["iqdb_hash"] == fake_hash(stored)
+            # Chained, not delayed (the replaced design waited a fixed 5 s): IQDB hears about the
+            # image as soon as the render ends; 1 s leaves room for a loaded machine.
+            assert request.at - render_end[image_id] < 1.0, request.at - render_end[image_id]
 
 
 async def test_iqdb_errors_retry_when_transient_and_fail_with_the_servers_text(
@@ -109,7 +115,8 @@ async def test_iqdb_errors_retry_when_transient_and_fail_with_the_servers_text(
             assert (await deleted.result(timeout=30, poll_delay=0.02))["existed"] is True
             absent = await client.delete_from_iqdb(5)  # 404 counts as done
             assert (await absent.result(timeout=30, poll_delay=0.02))["existed"] is False
-        assert (await row(db, images, image_id=5))["iqdb_hash"] is None
+        if (await probe_schema(db)).can("iqdb_hash"):
+            assert (await row(db, images, image_id=5))["iqdb_hash"] is None
 
 
 async def test_iqdb_unreachable_is_transient(light_settings: Settings, db: AsyncEngine) -> None:
@@ -237,11 +244,13 @@ class _Gated:
 async def test_review_cron_runs_once_per_slot_across_replicas(
     light_settings: Settings, db: AsyncEngine
 ) -> None:
-    from datetime import datetime, timedelta
+    from datetime import timedelta
+
+    from fleet.board import utc_now
 
     settings = light_settings.replace(review_every_s=1)
     await add_images(db, 1)
-    await add_review(db, 1, 1, datetime.now() - timedelta(hours=1), [1, 1, 1])
+    await add_review(db, 1, 1, utc_now() - timedelta(hours=1), [1, 1, 1])
     replicas = [db_worker_settings(settings) for _ in range(3)]
     async with await FleetClient.connect(settings) as client:
         async with running_worker(*replicas) as workers:
