@@ -31,7 +31,8 @@ class Settings:
     """Prefix of every queue and key fleet writes, so several fleets (or test runs) share a Redis."""
 
     # Rendering.
-    thumb_size: int = 500
+    thumb_width: int = 500
+    thumb_height: int = 500
     thumb_format: str = "webp"
     thumb_quality: int = 75
     thumb_sharpen: bool = True
