@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pyvips
 from arq.constants import job_key_prefix
 from arq.jobs import JobStatus
 
@@ -311,3 +312,62 @@ async def test_jobs_still_running_when_the_drain_grace_ends_go_back_to_the_queue
         async with running_worker(iqdb_worker_settings(settings)):
             assert (await job.result(timeout=30, poll_delay=0.02))["image_id"] == 1
         assert (await job.result_info()).job_try == 2
+
+
+async def follow_ups(client: FleetClient, queue: Queue) -> list[dict[str, Any]]:
+    """The payloads of the jobs waiting on ``queue`` (no light worker runs in these tests)."""
+    queued = await client.redis.queued_jobs(queue_name=queue_key(client.settings.namespace, queue))
+    return [dict(job.args[0]) for job in queued]
+
+
+async def test_a_large_that_cannot_be_written_leaves_the_thumbnail_and_is_retried_then_dead_lettered(
+    settings: Settings, client: FleetClient
+) -> None:
+    # IQDB on (nothing listens there: no IQDB worker runs), so the IQDB JPEG is rendered too.
+    settings = settings.replace(max_tries=2, iqdb_url="http://127.0.0.1:9")
+    name = images.jpeg(settings.storage_path, "2025-12-01-5.jpg", 3000, 2000)
+    (settings.storage_path / "large").write_text("a file where the large folder should be")
+    async with running_worker(worker_settings(settings)):
+        job = await client.render_upload(5, *name)
+        with pytest.raises(JobFailedError, match="gave up after 2 tries") as failure:
+            await job.result(timeout=60, poll_delay=0.02)
+        info = await job.result_info()
+    assert info is not None and info.job_try == 2  # transient: retried once, then given up
+    assert failure.value.error_type == "StorageError"
+    assert "large: StorageError: cannot create" in failure.value.message
+    [letter] = await letters(client).list()
+    assert (letter.job_id, letter.tries, letter.error_type) == (job.job_id, 2, "StorageError")
+    assert "large: StorageError" in letter.message
+
+    thumb = pyvips.Image.new_from_file(str(settings.storage_path / "thumbs" / "2025-12-01-5.webp"))
+    assert (thumb.width, thumb.height, thumb.avg() > 0) == (500, 333, True)  # decodes, the right size
+    medium = pyvips.Image.new_from_file(str(settings.storage_path / "medium" / "2025-12-01-5.jpg"))
+    assert (medium.width, medium.height) == (1280, 853)
+    # Each try queued the follow-ups of what it made: PENDING for large while a retry could
+    # still make it, NONE once given up (the board then serves the original).
+    flags = await follow_ups(client, Queue.DB)
+    assert sorted((f["medium"], f["large"]) for f in flags) == [(1, 0), (1, 2)]
+    assert [f["path"] for f in await follow_ups(client, Queue.IQDB)] == ["iqdb/2025-12-01-5.jpg"] * 2
+
+
+async def test_a_variant_in_a_format_we_cannot_write_leaves_the_thumbnail_and_is_dead_lettered_at_once(
+    settings: Settings, client: FleetClient
+) -> None:
+    # Browsers save JPEGs as .jfif: it decodes, but there is no encoder for "the original's format".
+    filename, _ = images.jpeg(settings.storage_path, "2025-12-01-6.jpg", 3000, 2000)
+    (settings.storage_path / "fullsize" / f"{filename}.jpg").rename(
+        settings.storage_path / "fullsize" / f"{filename}.jfif"
+    )
+    async with running_worker(worker_settings(settings)):
+        job = await client.render_upload(6, filename, "jfif")
+        with pytest.raises(JobFailedError, match="large: UnsupportedImageError") as failure:
+            await job.result(timeout=60, poll_delay=0.02)
+        info = await job.result_info()
+    assert info is not None and info.job_try == 1  # permanent: not retried
+    assert failure.value.error_type == "UnsupportedImageError"
+    assert "medium: UnsupportedImageError" in failure.value.message
+    [letter] = await letters(client).list()
+    assert letter.tries == 1 and "large: UnsupportedImageError" in letter.message
+    thumb = pyvips.Image.new_from_file(str(settings.storage_path / "thumbs" / f"{filename}.webp"))
+    assert (thumb.width, thumb.height, thumb.avg() > 0) == (500, 333, True)
+    assert await follow_ups(client, Queue.DB) == [{"image_id": 6, "medium": 0, "large": 0}]
