@@ -298,3 +298,10 @@ def test_variants_in_a_format_we_cannot_write_fail_alone_and_for_good(storage: P
         assert result.outputs[variant].status is VariantStatus.NONE
     thumb = open_out(storage, result.outputs["thumb"].path)
     assert (thumb.width, thumb.height) == (500, 333)
+
+
+def test_a_broken_large_folder_does_not_fail_an_image_that_needs_no_large(storage: Path) -> None:
+    (storage / "large").write_text("a file where the large folder should be")
+    result = run(storage, *images.jpeg(storage, "small.jpg", 400, 300))
+    assert result.ok, result.error
+    assert result.outputs["large"].status is VariantStatus.NONE

@@ -7,6 +7,7 @@ instead of decoding the original three times.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -187,8 +188,10 @@ def _write_or_fail_alone(
 
 
 def _drop(root: Path, variant: Variant, request: RenderRequest) -> Output:
-    """Variant NONE: also remove a stale file a previous render (other settings) may have left."""
+    """Variant NONE: also remove a stale file a previous render (other settings) may have left.
+    No folder is made for that, so a broken ``large/`` cannot fail the thumbnail of a small image."""
     if variant.format is None:
-        stale = storage.output_path(root, variant.folder, request.filename, request.ext)
-        stale.unlink(missing_ok=True)
+        stale = storage.output_path(root, variant.folder, request.filename, request.ext, create=False)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            stale.unlink()
     return Output(variant.name, VariantStatus.NONE)
