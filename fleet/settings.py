@@ -96,7 +96,7 @@ class Settings:
     retry_base_s: float = 1.0
     retry_cap_s: float = 300.0
     """Backoff before try n is a random time in [0, min(cap, base * 2**(n-1))] (full jitter)."""
-    log_format: str = "console"
+    log_format: str = "auto"
     """console or json."""
     log_level: str = "INFO"
 
