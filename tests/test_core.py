@@ -91,3 +91,11 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [f.name.upper() for f in fields(Settings) if f"`{f.name.upper()}`" not in readme]
     assert missing == []
+
+
+def test_log_format_auto_is_json_for_machines_and_console_on_a_terminal() -> None:
+    from fleet.logging import log_format
+
+    assert Settings().log_format == "auto"
+    assert (log_format("auto", tty=False), log_format("auto", tty=True)) == ("json", "console")
+    assert (log_format("json", tty=True), log_format("console", tty=False)) == ("json", "console")
