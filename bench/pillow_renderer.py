@@ -22,7 +22,9 @@ class PillowVariant(TypedDict):
     folder: str
     name: str
     """The output file's name, as imgworker names it."""
-    edge: int
+    width: int
+    height: int
+    """The output fits in width x height."""
     quality: int
     format: str | None
     """The output format, already resolved (the original's own or the variant's)."""
@@ -40,24 +42,28 @@ def render(source: Path, out: Path, variants: list[PillowVariant]) -> None:
 
     with Image.open(source) as opened:
         opened.seek(0)
-        longest = max(opened.size)  # before draft() shrinks it
-        wanted = sorted((v for v in variants if v["always"] or longest > v["edge"]), key=lambda v: -v["edge"])
+        width, height = opened.size  # before draft() shrinks it
+        wanted = sorted(
+            (v for v in variants if v["always"] or width > v["width"] or height > v["height"]),
+            key=lambda v: -v["width"] * v["height"],
+        )
         if wanted and opened.format == "JPEG":
-            opened.draft("RGB", _fit(opened.size, wanted[0]["edge"]))
+            box = (max(v["width"] for v in wanted), max(v["height"] for v in wanted))
+            opened.draft("RGB", _fit(opened.size, box))
         image = ImageOps.exif_transpose(opened)
         has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
         for variant in wanted:
-            image.thumbnail((variant["edge"], variant["edge"]), Image.Resampling.LANCZOS)
+            image.thumbnail((variant["width"], variant["height"]), Image.Resampling.LANCZOS)
             target = out / variant["folder"]
             target.mkdir(parents=True, exist_ok=True)
             final = _sharpen(image) if variant["sharpen"] else image
             _save(final, target / variant["name"], variant["format"], variant["quality"])
 
 
-def _fit(size: tuple[int, int], edge: int) -> tuple[int, int]:
-    """The largest size within ``edge`` (rounded down, so draft() may reduce to it)."""
-    scale = min(1.0, edge / max(size))
+def _fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """The largest size within ``box`` (rounded down, so draft() may reduce to it)."""
+    scale = min(1.0, box[0] / size[0], box[1] / size[1])
     return max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
 
 

@@ -103,7 +103,8 @@ def _variants(request: RenderRequest, options: RenderOptions) -> list[PillowVari
         PillowVariant(
             folder=v.folder,
             name=f"{request.filename}.{v.ext(request.ext)}",
-            edge=v.edge,
+            width=v.width,
+            height=v.height,
             quality=v.quality,
             format=v.output_format(request.ext),
             sharpen=v.sharpen,

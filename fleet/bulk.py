@@ -47,7 +47,8 @@ return 0
 def render_fingerprint(settings: Settings) -> str:
     """What the outputs depend on: a change of any of these makes every output stale."""
     fields = (
-        settings.thumb_size, settings.thumb_format, settings.thumb_quality, settings.thumb_sharpen,
+        settings.thumb_width, settings.thumb_height, settings.thumb_format, settings.thumb_quality,
+        settings.thumb_sharpen,
         settings.medium_edge, settings.large_edge, settings.variant_quality, settings.iqdb_url is not None,
     )  # fmt: skip
     return hashlib.sha1(repr(fields).encode()).hexdigest()[:12]

@@ -40,16 +40,16 @@ def verify(root: Path, sample: corpus.Sample, medium: int, large: int, settings:
 
     thumb_ext = "jpg" if settings.thumb_format == "jpeg" else settings.thumb_format
     expected = [
-        ("thumb", "thumbs", thumb_ext, settings.thumb_size, 1),
-        ("medium", "medium", sample.ext, settings.medium_edge, medium),
-        ("large", "large", sample.ext, settings.large_edge, large),
+        ("thumb", "thumbs", thumb_ext, (settings.thumb_width, settings.thumb_height), 1),
+        ("medium", "medium", sample.ext, (settings.medium_edge, settings.medium_edge), medium),
+        ("large", "large", sample.ext, (settings.large_edge, settings.large_edge), large),
     ]
-    for variant, folder, ext, edge, flag in expected:
+    for variant, folder, ext, (width, height), flag in expected:
         if flag == 2:
             return f"{variant} flag still PENDING"
         if flag == 0:  # NONE: the original does not exceed the edge, or the rendition was not smaller
             continue
-        if variant != "thumb" and sample.longest <= edge:
+        if variant != "thumb" and sample.longest <= width:
             return f"{variant} READY for a {sample.longest} px original"
         path = root / folder / f"{sample.filename}.{ext}"
         try:
@@ -57,8 +57,8 @@ def verify(root: Path, sample: corpus.Sample, medium: int, large: int, settings:
             image.avg()  # forces a full decode
         except pyvips.Error as exc:
             return f"{folder}/{path.name} is missing or does not decode: {exc}"
-        if max(image.width, image.height) > edge:
-            return f"{folder}/{path.name} is {image.width}x{image.height}, over {edge}"
+        if image.width > width or image.height > height:
+            return f"{folder}/{path.name} is {image.width}x{image.height}, over {width}x{height}"
     return None
 
 

@@ -11,10 +11,19 @@ import structlog
 from fleet.settings import Settings
 
 
+def log_format(setting: str, tty: bool) -> str:
+    """``auto`` is JSON where a machine reads stderr (a container's log driver), console where a
+    person does (a terminal); ``json`` and ``console`` are taken as they are."""
+    fmt = setting.lower()
+    if fmt == "auto":
+        return "console" if tty else "json"
+    return fmt
+
+
 def configure_logging(settings: Settings) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if settings.log_format == "json"
+        if log_format(settings.log_format, sys.stderr.isatty()) == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[Any] = [structlog.stdlib.add_log_level, structlog.processors.TimeStamper(fmt="iso")]

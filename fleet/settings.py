@@ -43,7 +43,8 @@ class Settings:
     """Prefix of every queue and key fleet writes, so several fleets (or test runs) share a Redis."""
 
     # Rendering.
-    thumb_size: int = 500
+    thumb_width: int = 500
+    thumb_height: int = 500
     thumb_format: str = "webp"
     thumb_quality: int = 75
     thumb_sharpen: bool = True
@@ -174,6 +175,8 @@ class Settings:
 
 BOARD_NAMES: dict[str, tuple[str, ...]] = {
     "redis_url": ("ARQ_REDIS_URL",),
+    "thumb_width": ("MAX_THUMB_WIDTH",),
+    "thumb_height": ("MAX_THUMB_HEIGHT",),
     "thumb_quality": ("THUMBNAIL_QUALITY",),
     "variant_quality": ("LARGE_QUALITY",),
     "max_tries": ("ARQ_MAX_TRIES",),
@@ -298,7 +301,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     ),
 }
 _POSITIVE = {
-    "thumb_size", "medium_edge", "large_edge", "max_pixels", "render_timeout_s", "render_recycle_after",
+    "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s", "render_recycle_after",
     "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "light_max_jobs", "iqdb_timeout_s",
     "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s",
 }  # fmt: skip

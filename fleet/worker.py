@@ -21,6 +21,7 @@ import logging
 import random
 import signal
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic
@@ -36,10 +37,18 @@ from fleet.connections import worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobError, JobFailedError, PermanentError, RegistryError, TransientError
 from fleet.health import Heartbeat, ReplicaStats, count_finished
+from fleet.logging import get_logger
 from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
 from fleet.settings import Settings
 
-log = logging.getLogger("fleet.worker")
+log = get_logger("fleet.worker")
+
+ERROR_CHARS = 500
+"""Error text in job events is cut here: one bad payload must not flood the logs."""
+IMAGE_IDS_SHOWN = 20
+"""A bulk batch's job events list at most this many of its image ids (and their count)."""
+STARTED = "fleet_started"
+"""The ctx key holding when the job's code started (for duration_ms)."""
 
 Context = dict[str, Any]
 Hook = Callable[[Context], Awaitable[None]]
@@ -71,13 +80,58 @@ def backoff_s(job_try: int, settings: Settings) -> float:
     return random.uniform(0, ceiling)
 
 
+def image_fields(data: Any) -> dict[str, Any]:
+    """The board's image id(s) a raw payload names, for job events: ``image_id``, or for a bulk
+    batch ``image_ids`` (at most IMAGE_IDS_SHOWN) and ``images`` (how many)."""
+    if not isinstance(data, dict):
+        return {}
+    if isinstance(data.get("image_id"), int):
+        return {"image_id": data["image_id"]}
+    ids = data.get("image_ids")
+    if not isinstance(ids, list):
+        return {}
+    if len(ids) == 1:
+        return {"image_id": ids[0]}
+    return {"image_ids": ids[:IMAGE_IDS_SHOWN], "images": len(ids)}
+
+
+def job_fields(ctx: Context, job: str, data: Any) -> dict[str, Any]:
+    """What every job event carries: which job, where, which try, which image(s)."""
+    fields: dict[str, Any] = {
+        "job": job,
+        "queue": ctx["queue"].value,
+        "job_id": ctx["job_id"],
+        "try": int(ctx.get("job_try", 1)),
+        **image_fields(data),
+    }
+    if STARTED in ctx:
+        fields["duration_ms"] = round((time.perf_counter() - ctx[STARTED]) * 1000, 1)
+    return fields
+
+
+def error_fields(kind: str, message: str, cause: BaseException | None = None) -> dict[str, Any]:
+    """``error_type`` and ``error`` (cut at ERROR_CHARS); the traceback only at DEBUG."""
+    fields: dict[str, Any] = {"error_type": kind, "error": message[:ERROR_CHARS]}
+    if cause is not None and logging.getLogger("fleet.worker").isEnabledFor(logging.DEBUG):
+        fields["traceback"] = "".join(traceback.format_exception(cause))
+    return fields
+
+
 async def dead_letter(
-    ctx: Context, function: str, args: list[Any], kind: str, message: str, letter_id: str | None = None
+    ctx: Context,
+    function: str,
+    args: list[Any],
+    kind: str,
+    message: str,
+    letter_id: str | None = None,
+    cause: BaseException | None = None,
 ) -> JobFailedError:
-    """Record the failure and return the error arq stores as the job's result.
+    """Record the failure, log ``job_dead_lettered``, and return the error arq stores as the
+    job's result.
 
     ``letter_id`` (default: the job id) tells apart several letters of one job: a bulk job
-    dead-letters each image that failed for good, and finishes the rest."""
+    dead-letters each image that failed for good, and finishes the rest; its event names that
+    image (``args`` holds the one-image payload)."""
     settings: Settings = ctx["settings"]
     letters = DeadLetters(ctx["redis"], settings.namespace, settings.dead_letter_ttl_s)
     letter = DeadLetter(
@@ -91,7 +145,10 @@ async def dead_letter(
         failed_at=time.time(),
     )
     await letters.add(letter)
-    log.error("dead letter %s %s(%s): %s: %s", letter.job_id, function, letter.tries, kind, message)
+    fields = job_fields(ctx, function, args[0] if len(args) == 1 else None)
+    if letter.job_id != fields["job_id"]:
+        fields["letter_id"] = letter.job_id
+    log.error("job_dead_lettered", **fields, **error_fields(kind, message, cause))
     return JobFailedError(kind, message)
 
 
@@ -105,15 +162,20 @@ def _adapt(
         stats.started += 1
         metrics.JOBS_STARTED.labels(*labels).inc()
         metrics.QUEUE_WAIT.labels(labels[0]).observe(max(0.0, time.time() - ctx.get("score", 0) / 1000))
-        started = time.perf_counter()
+        log.info("job_started", **job_fields(ctx, spec.name, data))
+        started = ctx[STARTED] = time.perf_counter()
         async with locks.hold(ctx):
             try:
                 result = await _run(ctx, data)
-            except Retry:
+            except Retry as retry:
                 stats.retried += 1
                 metrics.JOBS_RETRIED.labels(*labels).inc()
+                cause = retry.__cause__
+                failure = error_fields(cause.kind, str(cause), cause) if isinstance(cause, JobError) else {}
+                fields = job_fields(ctx, spec.name, data)
+                log.warning("job_retried", **fields, retry_in_ms=retry.defer_score, **failure)
                 raise
-            except JobFailedError:
+            except JobFailedError:  # dead_letter() logged job_dead_lettered
                 stats.dead_lettered += 1
                 metrics.JOBS_DEAD_LETTERED.labels(*labels).inc()
                 await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
@@ -122,6 +184,7 @@ def _adapt(
                 metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - started)
         stats.succeeded += 1
         metrics.JOBS_SUCCEEDED.labels(*labels).inc()
+        log.info("job_finished", **job_fields(ctx, spec.name, data))
         await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
         return result
 
@@ -152,10 +215,9 @@ def _adapt(
             failure = PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
 
         if not failure.permanent and job_try < settings.max_tries:
-            log.warning("%s try %d: %s: %s (will retry)", spec.name, job_try, failure.kind, failure)
-            raise Retry(defer=backoff_s(job_try, settings)) from failure
+            raise Retry(defer=backoff_s(job_try, settings)) from failure  # run_job logs job_retried
         message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
-        raise await dead_letter(ctx, spec.name, [data], failure.kind, message) from failure
+        raise await dead_letter(ctx, spec.name, [data], failure.kind, message, cause=failure) from failure
 
     run_job.__qualname__ = run_job.__name__ = spec.name
     # arq would fail a job past its own max_tries without us: keep that bound out of reach,
@@ -267,7 +329,7 @@ class LockKeeper:
                             pipe.pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
                         await pipe.execute()
                 except OSError as exc:  # Redis briefly away: the next round tries again
-                    log.warning("could not renew job locks: %s", exc)
+                    log.warning("job_locks_not_renewed", error_type=type(exc).__name__, error=str(exc))
 
 
 def build_worker(
@@ -355,7 +417,7 @@ class FleetWorker(Worker):
         try:
             await super()._poll_iteration()
         except (RedisError, OSError) as exc:
-            log.warning("Redis unavailable while polling (%s: %s); trying again", type(exc).__name__, exc)
+            log.warning("redis_unavailable_polling", error_type=type(exc).__name__, error=str(exc))
             await asyncio.sleep(1.0)
 
 

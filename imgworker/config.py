@@ -15,7 +15,8 @@ def render_options(
     """The render options for ``settings``; a bulk run may ask for only some ``variants``
     (the IQDB JPEG comes with the thumbnail), and to skip current outputs (``mode``)."""
     options = default_options(
-        thumb_size=settings.thumb_size,
+        thumb_width=settings.thumb_width,
+        thumb_height=settings.thumb_height,
         thumb_format=settings.thumb_format,
         thumb_quality=settings.thumb_quality,
         thumb_sharpen=settings.thumb_sharpen,

@@ -18,6 +18,8 @@ from imgworker.render import RenderRequest, RenderResult, VariantStatus
 
 async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
     """A failed render becomes a job failure: permanent for bad input, transient otherwise.
+    A medium or large that failed alone fails the job the same way (its message names the
+    variant), after the follow-ups of what was produced are queued.
 
     A render whose process crashed or was killed at its timeout is retried once; if the same
     original loses its process again, the input is to blame and the job is dead-lettered."""
@@ -37,14 +39,23 @@ async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
     raise error(message, kind=result.error_type)
 
 
-async def queue_follow_ups(client: FleetClient, result: RenderResult, reindex: str = "always") -> None:
+async def queue_follow_ups(
+    client: FleetClient, result: RenderResult, reindex: str = "always", *, last_try: bool = False
+) -> None:
     """Flags and IQDB right after the render, no fixed delay: the thumbnail exists now.
 
-    Flags are written for the variants this render produced. IQDB is told when ``reindex``
-    is "always", or "changed" and the thumbnail's bytes changed. If queueing fails the render
-    job is retried (rendering again is harmless): files are never left on disk with no flags."""
+    Flags are written for the variants this render produced: READY or NONE, NONE for one
+    that failed for good (the board serves the original), PENDING for one that failed
+    transiently while a retry may still make it; on the ``last_try`` nothing will, so NONE.
+    IQDB is told when ``reindex`` is "always", or "changed" and the thumbnail's bytes changed.
+    If queueing fails the render job is retried (rendering again is harmless): files are never
+    left on disk with no flags."""
     outputs = result.outputs
-    flags = {v: int(outputs[v].status) for v in ("medium", "large") if v in outputs}
+    flags = {
+        v: int(VariantStatus.NONE if outputs[v].failed and last_try else outputs[v].status)
+        for v in ("medium", "large")
+        if v in outputs
+    }
     try:
         if flags:
             none = int(VariantStatus.NONE)
@@ -66,8 +77,11 @@ async def queue_follow_ups(client: FleetClient, result: RenderResult, reindex: s
 async def render_upload(ctx: Context, payload: RenderUpload) -> dict[str, Any]:
     backend: RenderBackend = ctx["backend"]
     [result] = await backend.render_batch([RenderRequest(payload.image_id, payload.filename, payload.ext)])
+    if result.outputs:  # the thumbnail exists, even when a medium or large failed
+        settings: Settings = ctx["settings"]
+        last_try = result.permanent or int(ctx.get("job_try", 1)) >= settings.max_tries
+        await queue_follow_ups(ctx["fleet"], result, last_try=last_try)
     await raise_for_failure(ctx, result)
-    await queue_follow_ups(ctx["fleet"], result)
     return dataclasses.asdict(result)
 
 
@@ -90,19 +104,23 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     results = await backend.render_batch(
         [RenderRequest(*item) for item in todo], options=options, priority=Priority.BULK
     )
+
+    def gives_up(result: RenderResult) -> bool:
+        return (
+            result.permanent
+            or (result.error_type in LOST and payload.attempt >= 2)
+            or (payload.attempt >= settings.max_tries)
+        )
+
     counts = dict.fromkeys(("rendered", "skipped", "failed", "retried"), 0)
     again: list[tuple[int, str, str]] = []
     for item, result in zip(todo, results, strict=True):
         image_id, filename, ext = item
+        if result.outputs and payload.with_db and not result.skipped:  # a failed medium leaves the thumbnail
+            await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=gives_up(result))
         if result.ok:
-            if payload.with_db and not result.skipped:
-                await queue_follow_ups(ctx["fleet"], result, payload.reindex)
             outcome = "skipped" if result.skipped else "rendered"
-        elif (
-            result.permanent
-            or (result.error_type in LOST and payload.attempt >= 2)
-            or (payload.attempt >= settings.max_tries)
-        ):
+        elif gives_up(result):
             one = dataclasses.replace(
                 payload, image_ids=[image_id], filenames=[filename], exts=[ext], attempt=1
             )
@@ -128,6 +146,9 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
             filenames=[f for _, f, _ in again],
             exts=[e for _, _, e in again],
             attempt=payload.attempt + 1,
+            # Render them whatever is on disk: a medium that failed alone has no file, which
+            # the skip check would read as "not needed" next to a current thumbnail.
+            mode="all",
         )
         try:
             await ctx["fleet"].enqueue(RENDER_BATCH, retry, defer_s=backoff_s(payload.attempt, settings))

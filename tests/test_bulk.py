@@ -210,7 +210,7 @@ async def test_skips_current_outputs_reindexes_only_changed_thumbnails_and_repai
             assert (repair.rendered, repair.skipped) == (1, 9)
             assert (settings.storage_path / "thumbs" / "2025-04-04-3.webp").exists()
 
-        smaller = settings.replace(thumb_size=120)  # new settings: every output is stale
+        smaller = settings.replace(thumb_width=120, thumb_height=120)  # new settings: every output is stale
         async with running_worker(worker_settings(smaller), _light(smaller)):
             redo = await rethumb(client.redis, smaller, Selection(), engine=engine, poll_s=0.05)
             assert (redo.rendered, redo.skipped) == (10, 0)

@@ -17,17 +17,17 @@ from fleet.worker import build_worker
 
 def test_settings_read_from_environment_once_with_types() -> None:
     s = Settings.from_env(
-        {"THUMB_SIZE": "300", "THUMB_SHARPEN": "off", "STORAGE_PATH": "/srv/x", "POLL_DELAY_S": "0.1"}
+        {"THUMB_WIDTH": "300", "THUMB_SHARPEN": "off", "STORAGE_PATH": "/srv/x", "POLL_DELAY_S": "0.1"}
     )
-    assert (s.thumb_size, s.thumb_sharpen, s.storage_path, s.poll_delay_s) == (
+    assert (s.thumb_width, s.thumb_sharpen, s.storage_path, s.poll_delay_s) == (
         300,
         False,
         Path("/srv/x"),
         0.1,
     )
     assert Settings.from_env({}).redis_url is None
-    with pytest.raises(ValueError, match="THUMB_SIZE='big'"):
-        Settings.from_env({"THUMB_SIZE": "big"})
+    with pytest.raises(ValueError, match="THUMB_HEIGHT='big'"):
+        Settings.from_env({"THUMB_HEIGHT": "big"})
 
 
 def test_settings_round_trip_through_a_child_environment() -> None:
@@ -91,3 +91,11 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [f.name.upper() for f in fields(Settings) if f"`{f.name.upper()}`" not in readme]
     assert missing == []
+
+
+def test_log_format_auto_is_json_for_machines_and_console_on_a_terminal() -> None:
+    from fleet.logging import log_format
+
+    assert Settings().log_format == "auto"
+    assert (log_format("auto", tty=False), log_format("auto", tty=True)) == ("json", "console")
+    assert (log_format("json", tty=True), log_format("console", tty=False)) == ("json", "console")

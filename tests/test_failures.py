@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pyvips
 from arq.constants import job_key_prefix
 from arq.jobs import JobStatus
 
@@ -311,3 +312,140 @@ async def test_jobs_still_running_when_the_drain_grace_ends_go_back_to_the_queue
         async with running_worker(iqdb_worker_settings(settings)):
             assert (await job.result(timeout=30, poll_delay=0.02))["image_id"] == 1
         assert (await job.result_info()).job_try == 2
+
+
+async def follow_ups(client: FleetClient, queue: Queue) -> list[dict[str, Any]]:
+    """The payloads of the jobs waiting on ``queue`` (no light worker runs in these tests)."""
+    queued = await client.redis.queued_jobs(queue_name=queue_key(client.settings.namespace, queue))
+    return [dict(job.args[0]) for job in queued]
+
+
+async def test_a_large_that_cannot_be_written_leaves_the_thumbnail_and_is_retried_then_dead_lettered(
+    settings: Settings, client: FleetClient
+) -> None:
+    # IQDB on (nothing listens there: no IQDB worker runs), so the IQDB JPEG is rendered too.
+    settings = settings.replace(max_tries=2, iqdb_url="http://127.0.0.1:9")
+    name = images.jpeg(settings.storage_path, "2025-12-01-5.jpg", 3000, 2000)
+    (settings.storage_path / "large").write_text("a file where the large folder should be")
+    async with running_worker(worker_settings(settings)):
+        job = await client.render_upload(5, *name)
+        with pytest.raises(JobFailedError, match="gave up after 2 tries") as failure:
+            await job.result(timeout=60, poll_delay=0.02)
+        info = await job.result_info()
+    assert info is not None and info.job_try == 2  # transient: retried once, then given up
+    assert failure.value.error_type == "StorageError"
+    assert "large: StorageError: cannot create" in failure.value.message
+    [letter] = await letters(client).list()
+    assert (letter.job_id, letter.tries, letter.error_type) == (job.job_id, 2, "StorageError")
+    assert "large: StorageError" in letter.message
+
+    thumb = pyvips.Image.new_from_file(str(settings.storage_path / "thumbs" / "2025-12-01-5.webp"))
+    assert (thumb.width, thumb.height, thumb.avg() > 0) == (500, 333, True)  # decodes, the right size
+    medium = pyvips.Image.new_from_file(str(settings.storage_path / "medium" / "2025-12-01-5.jpg"))
+    assert (medium.width, medium.height) == (1280, 853)
+    # Each try queued the follow-ups of what it made: PENDING for large while a retry could
+    # still make it, NONE once given up (the board then serves the original).
+    flags = await follow_ups(client, Queue.DB)
+    assert sorted((f["medium"], f["large"]) for f in flags) == [(1, 0), (1, 2)]
+    assert [f["path"] for f in await follow_ups(client, Queue.IQDB)] == ["iqdb/2025-12-01-5.jpg"] * 2
+
+
+async def test_a_variant_in_a_format_we_cannot_write_leaves_the_thumbnail_and_is_dead_lettered_at_once(
+    settings: Settings, client: FleetClient
+) -> None:
+    # Browsers save JPEGs as .jfif: it decodes, but there is no encoder for "the original's format".
+    filename, _ = images.jpeg(settings.storage_path, "2025-12-01-6.jpg", 3000, 2000)
+    (settings.storage_path / "fullsize" / f"{filename}.jpg").rename(
+        settings.storage_path / "fullsize" / f"{filename}.jfif"
+    )
+    async with running_worker(worker_settings(settings)):
+        job = await client.render_upload(6, filename, "jfif")
+        with pytest.raises(JobFailedError, match="large: UnsupportedImageError") as failure:
+            await job.result(timeout=60, poll_delay=0.02)
+        info = await job.result_info()
+    assert info is not None and info.job_try == 1  # permanent: not retried
+    assert failure.value.error_type == "UnsupportedImageError"
+    assert "medium: UnsupportedImageError" in failure.value.message
+    [letter] = await letters(client).list()
+    assert letter.tries == 1 and "large: UnsupportedImageError" in letter.message
+    thumb = pyvips.Image.new_from_file(str(settings.storage_path / "thumbs" / f"{filename}.webp"))
+    assert (thumb.width, thumb.height, thumb.avg() > 0) == (500, 333, True)
+    assert await follow_ups(client, Queue.DB) == [{"image_id": 6, "medium": 0, "large": 0}]
+
+
+def job_events(log: Path) -> list[dict[str, Any]]:
+    """The job_* events among a worker's JSON log lines."""
+    events = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if str(event.get("event", "")).startswith("job_"):
+                events.append(event)
+    return events
+
+
+async def test_job_events_are_json_lines_with_job_queue_try_image_and_error(
+    settings: Settings, client: FleetClient, tmp_path: Path
+) -> None:
+    settings = settings.replace(max_tries=2, log_format="json")
+    root = settings.storage_path
+    small = images.jpeg(root, "2025-12-01-1.jpg", 400, 300)
+    big = images.jpeg(root, "2025-12-01-2.jpg", 3000, 2000)
+    (root / "large").write_text("a file where the large folder should be")  # big's large: transient
+    log = tmp_path / "worker.stderr"
+    with log.open("wb") as stderr:
+        env = {**os.environ, **settings.as_env()}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "fleet", "worker", "img"],
+            env=env,
+            stderr=stderr,
+            stdout=subprocess.DEVNULL,
+        )
+    try:
+        await wait_healthy(client, Queue.IMG)
+        done = await client.render_upload(1, *small)
+        transient = await client.render_upload(2, *big)
+        permanent = await client.render_upload(3, "never-uploaded", "jpg")
+        assert (await done.result(timeout=60, poll_delay=0.02))["ok"] is True
+        for job in (transient, permanent):
+            with pytest.raises(JobFailedError):
+                await job.result(timeout=60, poll_delay=0.02)
+
+        async def all_logged() -> bool:
+            return sum(e["event"] == "job_dead_lettered" for e in job_events(log)) >= 2
+
+        await wait_for(all_logged, 30)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    events = job_events(log)
+    by_job: dict[str, list[tuple[str, int]]] = {}
+    for event in events:
+        assert (event["job"], event["queue"]) == ("render_upload", "img"), event
+        assert isinstance(event["timestamp"], str) and event["level"] in ("info", "warning", "error")
+        by_job.setdefault(event["job_id"], []).append((event["event"], event["try"]))
+        if event["event"] != "job_started":
+            assert isinstance(event["duration_ms"], int | float) and event["duration_ms"] >= 0, event
+    assert by_job == {
+        done.job_id: [("job_started", 1), ("job_finished", 1)],
+        transient.job_id: [
+            ("job_started", 1),
+            ("job_retried", 1),
+            ("job_started", 2),
+            ("job_dead_lettered", 2),
+        ],
+        permanent.job_id: [("job_started", 1), ("job_dead_lettered", 1)],
+    }
+    image_ids = {e["job_id"]: e["image_id"] for e in events}
+    assert image_ids == {done.job_id: 1, transient.job_id: 2, permanent.job_id: 3}
+    failures = {(e["job_id"], e["event"]): e for e in events if "error_type" in e}
+    assert set(failures) == {
+        (transient.job_id, "job_retried"),
+        (transient.job_id, "job_dead_lettered"),
+        (permanent.job_id, "job_dead_lettered"),
+    }
+    retried = failures[transient.job_id, "job_retried"]
+    assert retried["error_type"] == "StorageError" and "large: StorageError" in retried["error"]
+    assert failures[transient.job_id, "job_dead_lettered"]["error"].startswith("gave up after 2 tries")
+    assert failures[permanent.job_id, "job_dead_lettered"]["error_type"] == "MissingOriginalError"
+    assert all(len(e["error"]) <= 500 and "traceback" not in e for e in failures.values())  # INFO

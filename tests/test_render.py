@@ -178,7 +178,8 @@ def test_settings_change_sizes_and_formats(storage: Path) -> None:
     result = run(
         storage,
         *images.jpeg(storage, "s.jpg", 1000, 1000),
-        thumb_size=150,
+        thumb_width=150,
+        thumb_height=150,
         thumb_format="jpeg",
         medium_edge=800,
     )
@@ -243,3 +244,64 @@ def test_an_output_folder_linked_outside_the_root_is_refused(storage: Path, tmp_
     result = run(storage, *images.jpeg(storage, "x.jpg", 640, 480))
     assert (result.ok, result.error_type) == (False, "UnsafePathError")
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(("size", "thumb"), [((2000, 1000), (200, 100)), ((1000, 2000), (50, 100))])
+def test_thumbnail_fits_the_boards_width_by_height_box(
+    storage: Path, size: tuple[int, int], thumb: tuple[int, int]
+) -> None:
+    name = images.jpeg(storage, "box.jpg", *size)
+    result = run(storage, *name, thumb_width=300, thumb_height=100)
+    assert result.ok, result.error
+    out = result.outputs["thumb"]
+    assert (out.width, out.height) == thumb
+    decoded = open_out(storage, out.path)
+    assert (decoded.width, decoded.height) == thumb
+    assert result.outputs["medium"].status is VariantStatus.READY  # medium stays a 1280 square
+    assert (result.outputs["medium"].width, result.outputs["medium"].height) == (
+        (1280, 640) if size[0] > size[1] else (640, 1280)
+    )
+
+
+def test_a_lone_thumbnail_is_shrunk_on_load_to_the_box(storage: Path) -> None:
+    # Both sides of 1200x90 fit 1280 x 1280, so no medium; the thumbnail box 300x100 still shrinks it.
+    result = run(storage, *images.jpeg(storage, "strip.jpg", 1200, 90), thumb_width=300, thumb_height=100)
+    assert result.outputs["medium"].status is VariantStatus.NONE
+    assert (result.outputs["thumb"].width, result.outputs["thumb"].height) == (300, 23)  # 22.5 rounded
+
+
+def test_a_large_that_cannot_be_written_fails_alone_and_transiently(storage: Path) -> None:
+    (storage / "large").write_text("a file where the large folder should be")
+    result = run(storage, *images.jpeg(storage, "big.jpg", 3000, 2000), iqdb=True)
+    assert not result.ok and not result.permanent
+    assert result.failed_variants == ["large"]
+    assert result.error_type == "StorageError"
+    assert result.error is not None and result.error.startswith("large: StorageError: cannot create")
+    large = result.outputs["large"]
+    assert (large.status, large.error_type, large.permanent) == (VariantStatus.PENDING, "StorageError", False)
+    assert result.outputs["medium"].status is VariantStatus.READY
+    thumb = open_out(storage, result.outputs["thumb"].path)
+    assert (thumb.width, thumb.height) == (500, 333)
+    iqdb = open_out(storage, result.outputs["iqdb"].path)
+    assert iqdb.get("vips-loader").startswith("jpegload") and (iqdb.width, iqdb.height) == (500, 333)
+
+
+def test_variants_in_a_format_we_cannot_write_fail_alone_and_for_good(storage: Path) -> None:
+    # Browsers save JPEGs as .jfif: it decodes, but a medium "in the original's format" has no encoder.
+    name = images.jpeg(storage, "photo.jpg", 3000, 2000)
+    (storage / "fullsize" / "photo.jpg").rename(storage / "fullsize" / "photo.jfif")
+    result = run(storage, name[0], "jfif")
+    assert not result.ok and result.permanent
+    assert result.failed_variants == ["large", "medium"]
+    assert result.error is not None and result.error.startswith("large: UnsupportedImageError: cannot write")
+    for variant in ("large", "medium"):
+        assert result.outputs[variant].status is VariantStatus.NONE
+    thumb = open_out(storage, result.outputs["thumb"].path)
+    assert (thumb.width, thumb.height) == (500, 333)
+
+
+def test_a_broken_large_folder_does_not_fail_an_image_that_needs_no_large(storage: Path) -> None:
+    (storage / "large").write_text("a file where the large folder should be")
+    result = run(storage, *images.jpeg(storage, "small.jpg", 400, 300))
+    assert result.ok, result.error
+    assert result.outputs["large"].status is VariantStatus.NONE

@@ -22,15 +22,25 @@ class Variant:
     name: str
     """thumb, medium or large; also the folder it is written to (thumb goes to thumbs/)."""
     folder: str
-    edge: int
-    """The output fits in edge x edge; never upscaled."""
+    width: int
+    height: int
+    """The output fits in width x height (the board's thumbnail box, or a square edge x edge for
+    medium and large); never upscaled."""
     quality: int
     format: str | None = None
     """An output format (webp, jpeg, png, gif, avif), or None for the original's own format."""
     sharpen: bool = False
     always: bool = False
-    """Made for every original; otherwise only for originals larger than ``edge`` whose
+    """Made for every original; otherwise only for originals larger than its box whose
     rendition is smaller in bytes than the original."""
+
+    def fits(self, width: int, height: int) -> bool:
+        """Whether a ``width`` x ``height`` image already fits the box (it is not resized)."""
+        return width <= self.width and height <= self.height
+
+    def within(self, other: Variant) -> bool:
+        """Whether this box fits inside ``other``'s, so it can be resized from that variant."""
+        return other.fits(self.width, self.height)
 
     def ext(self, original_ext: str) -> str:
         """The extension it is written with: the original's own, or its format's."""
@@ -56,12 +66,14 @@ class RenderOptions:
     """Skip an original whose wanted outputs all exist, however old (repairing losses)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "variants", tuple(sorted(self.variants, key=lambda v: -v.edge)))
+        # Largest box first: the cascade resizes each variant from the one before it.
+        object.__setattr__(self, "variants", tuple(sorted(self.variants, key=lambda v: -v.width * v.height)))
 
 
 def default_options(
     *,
-    thumb_size: int = 500,
+    thumb_width: int = 500,
+    thumb_height: int = 500,
     thumb_format: str = "webp",
     thumb_quality: int = 75,
     thumb_sharpen: bool = True,
@@ -74,12 +86,21 @@ def default_options(
     """The board's variants; ``iqdb`` adds ``iqdb/{filename}.jpg``, the thumbnail's pixels as
     JPEG, because danbooru/iqdb decodes JPEG only (and the light workers carry no libvips)."""
     variants = [
-        Variant("large", "large", large_edge, variant_quality),
-        Variant("medium", "medium", medium_edge, variant_quality),
-        Variant("thumb", "thumbs", thumb_size, thumb_quality, thumb_format, thumb_sharpen, always=True),
+        Variant("large", "large", large_edge, large_edge, variant_quality),
+        Variant("medium", "medium", medium_edge, medium_edge, variant_quality),
+        Variant(
+            "thumb",
+            "thumbs",
+            thumb_width,
+            thumb_height,
+            thumb_quality,
+            thumb_format,
+            thumb_sharpen,
+            always=True,
+        ),
     ]
     if iqdb:
-        variants.append(Variant("iqdb", "iqdb", thumb_size, 90, "jpeg", always=True))
+        variants.append(Variant("iqdb", "iqdb", thumb_width, thumb_height, 90, "jpeg", always=True))
     return RenderOptions(variants=tuple(variants), max_pixels=max_pixels)
 
 
@@ -103,6 +124,17 @@ class Output:
     bytes: int = 0
     changed: bool = True
     """False when the file already held exactly these bytes (it was not rewritten)."""
+    error: str | None = None
+    """Why this medium or large could not be made (the thumbnail does not depend on it); its
+    status is then NONE when retrying cannot help (the board serves the original) and PENDING
+    when it may (a retry can still make it)."""
+    error_type: str | None = None
+    permanent: bool = True
+    """Only meaningful when ``error`` is set: whether retrying cannot help."""
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 @dataclass(slots=True)
@@ -117,3 +149,8 @@ class RenderResult:
     seconds: float = 0.0
     skipped: bool = False
     """Its outputs were already current: nothing was decoded or written."""
+
+    @property
+    def failed_variants(self) -> list[str]:
+        """Variants that failed alone (``ok`` is False, yet the thumbnail and the rest exist)."""
+        return [name for name, out in self.outputs.items() if out.failed]

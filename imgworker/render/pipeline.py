@@ -7,6 +7,7 @@ instead of decoding the original three times.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -26,7 +27,10 @@ from imgworker.render.options import (
 
 
 def render(root: Path, request: RenderRequest, options: RenderOptions) -> RenderResult:
-    """Render ``request``; failures come back in the result (never raised), with their class."""
+    """Render ``request``; failures come back in the result (never raised), with their class.
+
+    A medium or large that cannot be made fails alone: the thumbnail (and the IQDB JPEG) are
+    still written, the result is not ``ok``, and its error names the variant."""
     started = time.perf_counter()
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
@@ -39,7 +43,20 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
         # Pixel data is decoded lazily, so a corrupt body surfaces here, not at inspect().
         error = UnsupportedImageError(f"cannot decode {file}: {steps._vips_message(exc)}")
     else:
-        return RenderResult(request.image_id, file, True, outputs, seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        failed = [out for out in outputs.values() if out.failed]
+        if not failed:
+            return RenderResult(request.image_id, file, True, outputs, seconds=seconds)
+        return RenderResult(
+            request.image_id,
+            file,
+            False,
+            outputs,
+            error="; ".join(f"{out.variant}: {out.error_type}: {out.error}" for out in failed),
+            error_type=failed[0].error_type,
+            permanent=all(out.permanent for out in failed),
+            seconds=seconds,
+        )
     return RenderResult(
         request.image_id,
         file,
@@ -54,28 +71,47 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
 def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
     source = storage.original_path(root, request.filename, request.ext)
     header = steps.inspect(source, options.max_pixels)
-    longest = max(header.width, header.height)
-    wanted = [v for v in options.variants if v.always or longest > v.edge]
+    wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
     original = source.stat()
     if _current(root, request, wanted, original.st_mtime, options):
         raise _AlreadyCurrent
     outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
     if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
         return outputs
-    original_bytes = original.st_size
+    resized = _cascade(source, header, wanted, options)
+    # The thumbnail side first: it is what every page shows, and it depends on nothing else.
+    for variant in sorted(wanted, key=lambda v: not v.always):
+        image = resized[variant.name]
+        if variant.always:  # the thumbnail failing fails the whole render
+            outputs[variant.name] = _write_variant(root, request, variant, image, original.st_size)
+        else:
+            outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.st_size)
+    return outputs
 
-    image = steps.to_srgb(steps.load(source, wanted[0].edge, options.fail_on, header.has_profile))
+
+def _cascade(
+    source: Path, header: steps.Header, wanted: list[Variant], options: RenderOptions
+) -> dict[str, pyvips.Image]:
+    """One decode, shrunk on load to the box of every wanted variant; then each variant resized
+    from the one before it (large -> medium -> thumb), or from the decode when its box does not
+    fit inside the one before (a wide thumbnail box, say)."""
+    width, height = max(v.width for v in wanted), max(v.height for v in wanted)
+    image = steps.to_srgb(steps.load(source, width, height, options.fail_on, header.has_profile))
     if len(wanted) > 1 or image.hasalpha():
         # Decode once, into memory: each smaller variant starts from these pixels, and the
         # alpha band is checked without a second decode. A lone opaque variant streams
         # straight into its encoder instead (10-20 % faster at 2048 px).
         image = steps.drop_opaque_alpha(image.copy_memory())
+    resized: dict[str, pyvips.Image] = {}
+    previous: tuple[Variant, pyvips.Image] | None = None
     for index, variant in enumerate(wanted):
-        image = steps.resize(image, variant.edge)
+        base = previous[1] if previous is not None and variant.within(previous[0]) else image
+        made = steps.resize(base, variant.width, variant.height)
         if 0 < index < len(wanted) - 1:
-            image = image.copy_memory()
-        outputs[variant.name] = _write_variant(root, request, variant, image, original_bytes)
-    return outputs
+            made = made.copy_memory()
+        resized[variant.name] = made
+        previous = (variant, made)
+    return resized
 
 
 class _AlreadyCurrent(Exception):
@@ -130,9 +166,32 @@ def _write_variant(
     )
 
 
+def _write_or_fail_alone(
+    root: Path, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
+) -> Output:
+    """A medium or large whose encode or write fails is reported, not raised: the board treats
+    it as independent of the thumbnail, which must still be made."""
+    try:
+        return _write_variant(root, request, variant, image, original_bytes)
+    except (RenderError, UnsafePathError) as exc:
+        error: Exception = exc
+    except pyvips.Error as exc:  # an encoder that refuses these pixels
+        error = UnsupportedImageError(f"cannot encode {variant.name}: {steps._vips_message(exc)}")
+    permanent = bool(getattr(error, "permanent", True))
+    return Output(
+        variant.name,
+        VariantStatus.NONE if permanent else VariantStatus.PENDING,
+        error=str(error),
+        error_type=type(error).__name__,
+        permanent=permanent,
+    )
+
+
 def _drop(root: Path, variant: Variant, request: RenderRequest) -> Output:
-    """Variant NONE: also remove a stale file a previous render (other settings) may have left."""
+    """Variant NONE: also remove a stale file a previous render (other settings) may have left.
+    No folder is made for that, so a broken ``large/`` cannot fail the thumbnail of a small image."""
     if variant.format is None:
-        stale = storage.output_path(root, variant.folder, request.filename, request.ext)
-        stale.unlink(missing_ok=True)
+        stale = storage.output_path(root, variant.folder, request.filename, request.ext, create=False)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            stale.unlink()
     return Output(variant.name, VariantStatus.NONE)

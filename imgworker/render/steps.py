@@ -51,8 +51,9 @@ def inspect(path: Path, max_pixels: int) -> Header:
     return Header(width, height, fmt, header.get_typeof("icc-profile-data") != 0)
 
 
-def load(path: Path, edge: int, fail_on: str, has_profile: bool) -> pyvips.Image:
-    """Decode already shrunk to fit ``edge`` (shrink-on-load), oriented, first frame only.
+def load(path: Path, width: int, height: int, fail_on: str, has_profile: bool) -> pyvips.Image:
+    """Decode already shrunk to fit ``width`` x ``height`` (shrink-on-load), oriented, first
+    frame only.
 
     ``thumbnail`` fuses load, EXIF orientation and the resize on purpose: a JPEG is decoded at
     1/2, 1/4 or 1/8 scale and WebP through libwebp's scaled decode, so a 6000 px original
@@ -60,7 +61,7 @@ def load(path: Path, edge: int, fail_on: str, has_profile: bool) -> pyvips.Image
     profile is kept as is unless we ask for sRGB, and stripping it later would shift the
     colours, so we ask (only then: a transform costs a pass over every pixel)."""
     options: dict[str, Any] = {"output_profile": "srgb"} if has_profile else {}
-    return pyvips.Image.thumbnail(str(path), edge, height=edge, size="down", fail_on=fail_on, **options)
+    return pyvips.Image.thumbnail(str(path), width, height=height, size="down", fail_on=fail_on, **options)
 
 
 def to_srgb(image: pyvips.Image) -> pyvips.Image:
@@ -83,11 +84,11 @@ def drop_opaque_alpha(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
-def resize(image: pyvips.Image, edge: int) -> pyvips.Image:
-    """Fit ``edge`` x ``edge`` from an image already in memory (one step of the cascade)."""
-    if max(image.width, image.height) <= edge:
+def resize(image: pyvips.Image, width: int, height: int) -> pyvips.Image:
+    """Fit ``width`` x ``height`` from an image already in memory (one step of the cascade)."""
+    if image.width <= width and image.height <= height:
         return image
-    return image.thumbnail_image(edge, height=edge, size="down")
+    return image.thumbnail_image(width, height=height, size="down")
 
 
 def sharpen(image: pyvips.Image) -> pyvips.Image:

@@ -26,13 +26,15 @@ def original_path(root: Path, filename: str, ext: str) -> Path:
     return path
 
 
-def output_path(root: Path, folder: str, filename: str, ext: str) -> Path:
+def output_path(root: Path, folder: str, filename: str, ext: str, *, create: bool = True) -> Path:
+    """Where an output goes; its folder is made unless ``create`` is False (only to remove one)."""
     check_name(filename, ext)
     directory = root / folder
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create {directory}: {exc}") from exc
+    if create:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {directory}: {exc}") from exc
     return inside(root, directory) / f"{filename}.{ext}"
 
 
