@@ -301,7 +301,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     ),
 }
 _POSITIVE = {
-    "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s", "render_recycle_after",
+    "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
+    "render_recycle_after",
     "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "light_max_jobs", "iqdb_timeout_s",
     "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s",
 }  # fmt: skip
