@@ -9,6 +9,7 @@ undoing the upload), so no upload ever "succeeds" with no job behind it.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -25,6 +26,8 @@ from fleet import db
 from fleet.client import lifespan as fleet_lifespan
 from fleet.errors import EnqueueError, JobFailedError
 from fleet.settings import get_settings
+
+log = logging.getLogger("board_api")
 
 ALLOWED = {"jpg", "jpeg", "png", "gif", "webp"}
 
@@ -69,7 +72,8 @@ async def upload(request: Request, file: Annotated[UploadFile, File()]) -> dict[
         target.unlink(missing_ok=True)
         async with engine.begin() as conn:
             await conn.execute(sa.delete(db.images).where(db.images.c.image_id == image_id))
-        raise HTTPException(503, f"upload not accepted, try again: {exc}") from exc
+        log.warning("upload %s not queued: %s", image_id, exc)  # the details stay in the log
+        raise HTTPException(503, "upload not accepted: the job queue is unavailable, try again") from exc
     return {"image_id": image_id, "filename": filename, "job_id": job.job_id}
 
 
@@ -90,7 +94,8 @@ async def rate(image_id: int, vote: Vote, request: Request) -> dict[str, Any]:
     try:
         job = await fleet.recalculate_rating(image_id)
     except EnqueueError as exc:
-        raise HTTPException(503, f"vote stored, rating update not queued: {exc}") from exc
+        log.warning("rating of %s not queued: %s", image_id, exc)
+        raise HTTPException(503, "vote stored, rating update not queued: try again") from exc
     return {"image_id": image_id, "job_id": job.job_id if job else None, "coalesced": job is None}
 
 

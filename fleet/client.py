@@ -18,7 +18,7 @@ from arq.jobs import Job
 from redis.exceptions import RedisError
 
 from fleet import coalesce
-from fleet.connections import DEFAULT_REDIS_URL, open_pool
+from fleet.connections import DEFAULT_REDIS_URL, lazy_pool, open_pool
 from fleet.errors import EnqueueError
 from fleet.registry import (
     DELETE_FROM_IQDB,
@@ -52,6 +52,13 @@ class FleetClient:
         except _REDIS_FAILURES as exc:
             raise EnqueueError(f"cannot reach Redis at {_safe_url(settings)}: {exc}") from exc
         return cls(redis, settings)
+
+    @classmethod
+    def create(cls, settings: Settings | None = None) -> FleetClient:
+        """A client that connects on its first enqueue: for a web process, which must start
+        (and answer 503 on uploads) while Redis is down."""
+        settings = settings or get_settings()
+        return cls(lazy_pool(settings), settings)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -140,14 +147,16 @@ def _safe_url(settings: Settings) -> str:
 def lifespan(
     settings: Settings | None = None,
 ) -> Callable[[Any], AbstractAsyncContextManager[dict[str, FleetClient]]]:
-    """A FastAPI/Starlette ``lifespan``: opens one client at start-up and closes it at shutdown.
+    """A FastAPI/Starlette ``lifespan``: one client for the app's life, closed at shutdown.
 
     The client is on ``app.state.fleet`` and in the lifespan state as ``request.state.fleet``.
+    It connects lazily: the app starts while Redis is down, and each enqueue raises
+    :class:`EnqueueError` (answer 503) until Redis is back.
     """
 
     @asynccontextmanager
     async def run(app: Any) -> AsyncIterator[dict[str, FleetClient]]:
-        client = await FleetClient.connect(settings)
+        client = FleetClient.create(settings)
         app.state.fleet = client
         try:
             yield {"fleet": client}

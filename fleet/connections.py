@@ -47,6 +47,33 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
+def lazy_pool(settings: Settings) -> ArqRedis:
+    """A client's pool that connects on first use, not now: an API process starts while
+    Redis is down, and each enqueue fails (EnqueueError, 503) until Redis is back."""
+    rs = redis_settings(settings)
+    pool = ArqRedis(
+        host=rs.host,
+        port=rs.port,
+        unix_socket_path=rs.unix_socket_path,
+        db=rs.database,
+        username=rs.username,
+        password=rs.password,
+        socket_connect_timeout=rs.conn_timeout,
+        socket_timeout=5,
+        ssl=rs.ssl,
+        ssl_keyfile=rs.ssl_keyfile,
+        ssl_certfile=rs.ssl_certfile,
+        ssl_cert_reqs=rs.ssl_cert_reqs,
+        ssl_ca_certs=rs.ssl_ca_certs,
+        ssl_ca_data=rs.ssl_ca_data,
+        ssl_check_hostname=rs.ssl_check_hostname,
+        encoding="utf8",
+    )
+    pool.job_serializer = serializer.serialize
+    pool.job_deserializer = serializer.deserialize
+    return pool
+
+
 async def open_pool(settings: Settings) -> ArqRedis:
     return await create_pool(
         redis_settings(settings),

@@ -112,29 +112,33 @@ async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_
         api.wait(30)
 
 
-async def test_upload_answers_503_when_redis_is_down_and_keeps_nothing(
+async def test_the_api_starts_while_redis_is_down_answers_503_and_recovers(
     api_settings: Settings, tmp_path: Path
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     images.jpeg(tmp_path, "photo.jpg", 600, 400)
     photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
-    with EmbeddedRedis() as redis:
-        settings = api_settings.replace(redis_url=redis.url)
-        api = serve(settings, port)
-        try:
-            await up(base, api)
-            redis.kill()
-            async with httpx.AsyncClient(timeout=30) as http:
-                refused = await http.post(
+    redis = EmbeddedRedis()  # its port is chosen; the server is not started yet
+    settings = api_settings.replace(redis_url=redis.url)
+    api = serve(settings, port)
+    try:
+        await up(base, api)  # the API started although Redis is down
+        async with httpx.AsyncClient(timeout=30) as http:
+            refused = await http.post(f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")})
+            assert refused.status_code == 503, refused.text
+            assert f"127.0.0.1:{redis.port}" not in refused.text  # no internal address in the answer
+            engine = db.create_engine(settings)
+            async with engine.connect() as conn:
+                count = sa.select(sa.func.count()).select_from(db.images)
+                assert (await conn.execute(count)).scalar_one() == 0
+            await engine.dispose()
+            assert list((settings.storage_path / "fullsize").iterdir()) == []
+            with redis:  # Redis comes up: the same process queues uploads again
+                accepted = await http.post(
                     f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")}
                 )
-        finally:
-            api.terminate()
-            api.wait(30)
-    assert refused.status_code == 503, refused.text
-    engine = db.create_engine(settings)
-    async with engine.connect() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(db.images))).scalar_one() == 0
-    await engine.dispose()
-    assert list((settings.storage_path / "fullsize").iterdir()) == []
+                assert accepted.status_code == 201, accepted.text
+    finally:
+        api.terminate()
+        api.wait(30)
