@@ -151,10 +151,16 @@ async def _health(args: argparse.Namespace) -> int:
 
 async def _health_self(settings: Settings, queue: Queue | None) -> int:
     """A container's healthcheck: this container's workers only, each by its own beat."""
+    from redis.exceptions import RedisError
+
     from fleet import health
 
     async with await FleetClient.connect(settings) as client:
-        results = await health.check_self(client.redis, settings, queue)
+        try:
+            results = await health.check_self(client.redis, settings, queue)
+        except (RedisError, OSError) as exc:  # one line in the container's health log, no traceback
+            print(f"FAIL cannot read the beats from Redis: {exc}")
+            return 1
     if not results:
         where = f"{settings.runtime_dir} (namespace {settings.namespace})"
         print(f"FAIL no live fleet worker registered in {where}")
