@@ -26,7 +26,7 @@ from fleet.errors import FleetError
 from fleet.logging import configure_logging, get_logger
 from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
 from fleet.services import embedded_defaults, with_sqlite_default
-from fleet.settings import SettingsError, get_settings, load_env_file
+from fleet.settings import Settings, SettingsError, get_settings, load_env_file
 from fleet.worker import close_worker, make_worker
 
 log = get_logger("fleet.cli")
@@ -138,6 +138,8 @@ async def _health(args: argparse.Namespace) -> int:
     from fleet import health
 
     settings = get_settings()
+    if args.self:
+        return await _health_self(settings, Queue(args.queue) if args.queue else None)
     queues = [Queue(args.queue)] if args.queue else list(Queue)
     async with await FleetClient.connect(settings) as client:
         results = [await health.check(client.redis, settings, q) for q in queues]
@@ -145,6 +147,29 @@ async def _health(args: argparse.Namespace) -> int:
         state = "ok" if result.healthy else "FAIL"
         print(f"{result.queue:9} {state:4} live={len(result.live)} stale={','.join(result.stale) or '-'}")
     return 0 if all(r.healthy for r in results) else 1
+
+
+async def _health_self(settings: Settings, queue: Queue | None) -> int:
+    """A container's healthcheck: this container's workers only, each by its own beat."""
+    from redis.exceptions import RedisError
+
+    from fleet import health
+
+    async with await FleetClient.connect(settings) as client:
+        try:
+            results = await health.check_self(client.redis, settings, queue)
+        except (RedisError, OSError) as exc:  # one line in the container's health log, no traceback
+            print(f"FAIL cannot read the beats from Redis: {exc}")
+            return 1
+    if not results:
+        where = f"{settings.runtime_dir} (namespace {settings.namespace})"
+        print(f"FAIL no live fleet worker registered in {where}")
+        return 1
+    for r in results:
+        state = "ok" if r.beating else "FAIL"
+        why = "" if r.beating else f" (none within HEALTH_INTERVAL_S={settings.health_interval_s:g})"
+        print(f"{r.queue:9} {state:4} {r.replica} last beat {r.age_s:.1f} s ago{why}")
+    return 0 if all(r.beating for r in results) else 1
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -237,7 +262,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(images=args.images, keep=args.keep)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--env-file",
@@ -262,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         "health", help="exit non-zero unless every queue (or --queue) has live replicas, none stale"
     )
     health.add_argument("--queue", choices=[q.value for q in Queue])
+    health.add_argument(
+        "--self",
+        action="store_true",
+        help="only the workers of this container (registered under RUNTIME_DIR): each must be beating",
+    )
     health.set_defaults(run=async_command("health", _health))
 
     status = sub.add_parser(
@@ -315,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the sample storage root and print its path")
     demo.set_defaults(run=_cmd_demo)
 
-    for plugin in entry_points(group="fleet.commands"):
+    for plugin in entry_points(group="fleet.commands") if plugins else ():
         try:
             register: Callable[[Any], None] = plugin.load()
         except ImportError as exc:  # e.g. the rating image has no libvips, a worker image no bench/
@@ -325,8 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CORE_ONLY = ("health", "status")
+"""Commands that skip loading the plugin commands (about a second of imports): a container
+healthcheck runs ``fleet health`` every few seconds."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next(
+        (w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1 : i] != ["--env-file"]), None
+    )
+    args = build_parser(plugins=command not in CORE_ONLY).parse_args(words)
     run: Command = args.run
     try:
         if args.env_file is not None:

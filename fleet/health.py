@@ -4,6 +4,10 @@ arq writes one health key per queue, so replicas overwrite each other and a dead
 hides behind a live one. Here every replica beats on its own (``{ns}:replicas:{queue}``, a
 sorted set scored by the last beat, with the replica's numbers in a hash), and finished jobs
 are counted in 10-second buckets for a per-queue throughput.
+
+A container's healthcheck must judge its own workers, not the queue: each worker process
+also registers its replicas in a small file under ``RUNTIME_DIR`` (local to the container),
+and ``fleet health --self`` checks the beats of those replicas only (``check_self``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -51,6 +56,95 @@ class ReplicaStats:
     running: set[str] = field(default_factory=set)
 
 
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) from /proc, or None where there is no /proc entry."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    return fields[0], fields[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """The registering process still runs: not gone, not a zombie, and not another process
+    that reuses its pid (a restarted container's new PID 1 has the old one's pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    state = _process_state(pid)
+    if state is None:
+        return not os.path.exists("/proc/self/stat")  # no /proc here: trust kill(0)
+    return state[0] not in ("Z", "X") and (started is None or state[1] == started)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One replica of a worker process in this container, as written under RUNTIME_DIR."""
+
+    path: Path
+    namespace: str
+    queue: str
+    replica: str
+    pid: int
+    started: str | None
+    registered_at: float
+
+
+def _registration_path(settings: Settings, queue: Queue, pid: int) -> Path:
+    return settings.runtime_dir / f"{settings.namespace}.{queue.value}.{pid}.json"
+
+
+def register(settings: Settings, queue: Queue, replica: str) -> Path:
+    """Record this process's replica of ``queue`` for ``fleet health --self`` (atomically)."""
+    pid = os.getpid()
+    state = _process_state(pid)
+    path = _registration_path(settings, queue, pid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "namespace": settings.namespace,
+        "queue": queue.value,
+        "replica": replica,
+        "pid": pid,
+        "started": state[1] if state else None,
+        "registered_at": time.time(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    return path
+
+
+def registrations(settings: Settings) -> list[Registration]:
+    """This container's live replicas of ``settings.namespace``; files of processes that are
+    gone are removed (a container whose main process died is restarted by its policy)."""
+    found: list[Registration] = []
+    try:
+        paths = sorted(settings.runtime_dir.glob("*.json"))
+    except OSError:
+        return found
+    for path in paths:
+        try:
+            raw = json.loads(path.read_text())
+            entry = Registration(
+                path, raw["namespace"], raw["queue"], raw["replica"], int(raw["pid"]), raw["started"],
+                float(raw["registered_at"]),
+            )  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # vanished meanwhile (a clean stop), or not ours
+        if entry.namespace != settings.namespace:
+            continue
+        if not _alive(entry.pid, entry.started):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        found.append(entry)
+    return found
+
+
 class Heartbeat:
     def __init__(self, settings: Settings, queue: Queue, stats: ReplicaStats) -> None:
         self.settings = settings
@@ -58,11 +152,21 @@ class Heartbeat:
         self.stats = stats
         self.replica = replica_id()
         self._task: asyncio.Task[None] | None = None
+        self._registered: Path | None = None
 
     def start(self, redis: ArqRedis) -> None:
+        self.replica = replica_id()  # the process that serves, whoever built the settings
+        try:
+            self._registered = register(self.settings, self.queue, self.replica)
+        except OSError as exc:  # the worker serves anyway; only `fleet health --self` misses it
+            log.warning("replica not registered under %s: %s", self.settings.runtime_dir, exc)
         self._task = asyncio.create_task(self._run(redis))
 
     async def stop(self, redis: ArqRedis) -> None:
+        if self._registered is not None:
+            with contextlib.suppress(OSError):
+                self._registered.unlink()
+            self._registered = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -139,6 +243,31 @@ async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealt
         await redis.zrem(key, *gone)
         await redis.hdel(f"{key}:info", *gone)  # type: ignore[misc]
     return QueueHealth(queue.value, live, stale)
+
+
+@dataclass
+class SelfHealth:
+    """One replica of this container: beating within the last interval, or not."""
+
+    queue: str
+    replica: str
+    age_s: float
+    beating: bool
+
+
+async def check_self(redis: ArqRedis, settings: Settings, queue: Queue | None = None) -> list[SelfHealth]:
+    """The replicas registered in this container (optionally of one ``queue``), each judged by
+    its own beat: a live process whose last beat (or registration, before its first beat) is
+    older than one interval is wedged, whatever other replicas of its queue do."""
+    now = time.time()
+    results = []
+    for entry in registrations(settings):
+        if queue is not None and entry.queue != queue.value:
+            continue
+        beat = await redis.zscore(_replicas_key(settings.namespace, Queue(entry.queue)), entry.replica)
+        age = now - max(beat or 0.0, entry.registered_at)
+        results.append(SelfHealth(entry.queue, entry.replica, age, age <= settings.health_interval_s))
+    return results
 
 
 async def status(redis: ArqRedis, settings: Settings, queue: Queue) -> dict[str, Any]:

@@ -105,6 +105,9 @@ class Settings:
     health_interval_s: float = 5.0
     """A replica beats twice per interval; `fleet health` calls it stale after one interval
     without a beat."""
+    runtime_dir: Path = Path("/tmp/fleet-replicas")
+    """Where each worker process registers its replicas, so `fleet health --self` checks the
+    workers of this container (or host) only; keep it local to the container."""
     drain_grace_s: int = 30
     """On SIGTERM a worker takes no new jobs and gives running ones this long to finish;
     the rest are cancelled and go back to the queue."""

@@ -65,11 +65,12 @@ def storage(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(redis_url: str, namespace: str, storage: Path) -> Settings:
+def settings(redis_url: str, namespace: str, storage: Path, tmp_path: Path) -> Settings:
     return Settings(
         redis_url=redis_url,
         storage_path=storage,
         namespace=namespace,
+        runtime_dir=tmp_path / "run",  # worker processes of one test register here, not in /tmp
         img_pool_size=2,
         poll_delay_s=0.02,
         retry_base_s=0.05,
