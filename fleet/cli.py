@@ -362,19 +362,31 @@ healthcheck runs ``fleet health`` every few seconds."""
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    command = next(
-        (w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1 : i] != ["--env-file"]), None
-    )
-    args = build_parser(plugins=command not in CORE_ONLY).parse_args(words)
-    run: Command = args.run
     try:
-        if args.env_file is not None:
-            load_env_file(args.env_file)
+        if env_file := _env_file(words):
+            load_env_file(env_file)
         get_settings()  # every setting checked before any work, in one clear line
+        command = next(
+            (w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1 : i] != ["--env-file"]),
+            None,
+        )
+        args = build_parser(plugins=command not in CORE_ONLY).parse_args(words)
+        run: Command = args.run
         return run(args)
     except SettingsError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
+
+
+def _env_file(words: Sequence[str]) -> Path | None:
+    """``--env-file PATH`` (or ``--env-file=PATH``), read before anything else: plugins and
+    the settings check must see the file's variables."""
+    for i, word in enumerate(words):
+        if word == "--env-file" and i + 1 < len(words):
+            return Path(words[i + 1])
+        if word.startswith("--env-file="):
+            return Path(word.split("=", 1)[1])
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
