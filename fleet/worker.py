@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, NoReturn
 
 from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob, cron
@@ -205,24 +205,37 @@ def _adapt(
                 return await handler.run(ctx, payload)
         except TimeoutError:
             failure: JobError = TransientError(f"ran longer than {timeout_s:g} s", kind="JobTimeout")
-        except JobError as exc:
-            failure = exc
         except Retry:
             raise
-        except (RedisError, ConnectionError) as exc:  # Redis or another service away mid-job
-            failure = TransientError(f"{type(exc).__name__}: {exc}", kind="ServiceUnavailable")
-        except Exception as exc:  # noqa: BLE001 - not swallowed: dead-lettered below, with its reason
-            failure = PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
-
-        if not failure.permanent and job_try < settings.max_tries:
-            raise Retry(defer=backoff_s(job_try, settings)) from failure  # run_job logs job_retried
-        message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
-        raise await dead_letter(ctx, spec.name, [data], failure.kind, message, cause=failure) from failure
+        except (JobError, Exception) as exc:  # noqa: BLE001 - not swallowed: classified, then ended below
+            failure = classify(exc)
+        await end_in_failure(ctx, spec.name, [data], failure)  # run_job logs job_retried
 
     run_job.__qualname__ = run_job.__name__ = spec.name
     # arq would fail a job past its own max_tries without us: keep that bound out of reach,
     # and its timeout behind ours (an arq timeout fails a job for good).
     return func(run_job, name=spec.name, max_tries=1000, timeout=timeout_s + 10)
+
+
+def classify(exc: BaseException) -> JobError:
+    """How an exception out of job code ends the job: a :class:`JobError` says so itself;
+    Redis or a connection gone mid-job is transient; anything else is a permanent,
+    unexpected failure (dead-lettered with its class and message, never swallowed)."""
+    if isinstance(exc, JobError):
+        return exc
+    if isinstance(exc, RedisError | ConnectionError):  # Redis or another service away mid-job
+        return TransientError(f"{type(exc).__name__}: {exc}", kind="ServiceUnavailable")
+    return PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
+
+
+async def end_in_failure(ctx: Context, job: str, args: list[Any], failure: JobError) -> NoReturn:
+    """Retry later (transient, tries left: arq's ``Retry`` with backoff) or dead-letter."""
+    settings: Settings = ctx["settings"]
+    job_try = int(ctx.get("job_try", 1))
+    if not failure.permanent and job_try < settings.max_tries:
+        raise Retry(defer=backoff_s(job_try, settings)) from failure
+    message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
+    raise await dead_letter(ctx, job, args, failure.kind, message, cause=failure) from failure
 
 
 def fleet_cron(
@@ -237,20 +250,27 @@ def fleet_cron(
     two periods, so a replica that comes late to a slot cannot run it again."""
 
     async def run_cron(ctx: Context) -> Any:
-        job_try = int(ctx.get("job_try", 1))
+        log.info("job_started", **job_fields(ctx, name, None))
+        ctx[STARTED] = time.perf_counter()
         try:
-            return await run(ctx)
-        except JobError as exc:
-            failure: JobError = exc
+            result = await run(ctx)
         except Retry:
             raise
-        except Exception as exc:  # noqa: BLE001 - not swallowed: dead-lettered below, with its reason
-            failure = PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
-        if not failure.permanent and job_try < settings.max_tries:
-            log.warning("%s try %d: %s: %s (will retry)", name, job_try, failure.kind, failure)
-            raise Retry(defer=backoff_s(job_try, settings)) from failure
-        message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
-        raise await dead_letter(ctx, name, [], failure.kind, message) from failure
+        except (JobError, Exception) as exc:  # noqa: BLE001 - not swallowed: classified, then ended below
+            failure = classify(exc)
+            try:
+                await end_in_failure(ctx, name, [], failure)
+            except Retry as retry:
+                fields = job_fields(ctx, name, None)
+                log.warning(
+                    "job_retried",
+                    **fields,
+                    retry_in_ms=retry.defer_score,
+                    **error_fields(failure.kind, str(failure), failure),
+                )
+                raise
+        log.info("job_finished", **job_fields(ctx, name, None))
+        return result
 
     run_cron.__qualname__ = run_cron.__name__ = name
     return cron(

@@ -180,3 +180,31 @@ async def test_a_schema_error_is_a_dead_letter_naming_the_sql_error(
     assert [(letter.function, letter.error_type) for letter in letters] == [
         ("write_variant_flags", "DatabaseSchemaError")
     ]
+
+
+async def test_a_cron_run_the_database_refuses_is_a_dead_letter_and_the_worker_lives_on(
+    settings: Settings, board: AsyncEngine
+) -> None:
+    """A JobError out of an arq cron job would end its task unrecorded; fleet's crons end
+    like every job: here a review whose audit row cannot be written fails the run for good."""
+    await add_images(board, 1, status=ImageStatus.REVIEW)
+    await add_review(board, 1, 1, utc_now() - timedelta(hours=1), [1, 1, 1])
+    async with board.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE admin_actions"))
+    settings = settings.replace(
+        database_url=str(board.url.render_as_string(hide_password=False)), review_every_s=1
+    )
+    async with await FleetClient.connect(settings) as client, running_worker(db_worker_settings(settings)):
+        letters = DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s)
+
+        async def dead_lettered() -> bool:
+            return bool(await letters.list("db"))
+
+        await eventually(dead_lettered, timeout_s=30)
+        letter = (await letters.list("db"))[0]
+        await add_images(board, 2)  # the worker still serves its queue
+        job = await client.write_variant_flags(2, medium=0, large=0)
+        await job.result(timeout=30, poll_delay=0.02)
+    assert (letter.function, letter.error_type) == ("close_expired_reviews", "DatabaseSchemaError")
+    assert "admin_actions" in letter.message
+    assert (await row(board, "image_reviews", review_id=1))["status"] == 0  # rolled back, still open
