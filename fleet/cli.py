@@ -19,14 +19,14 @@ from typing import Any
 
 from arq.utils import import_string
 
-from fleet.client import FleetClient
+from fleet.client import FleetClient, redis_url_shown
 from fleet.deadletters import DeadLetters
 from fleet.deadletters import retry as retry_letter
 from fleet.errors import FleetError
 from fleet.logging import configure_logging, get_logger
 from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
-from fleet.services import embedded_defaults, with_sqlite_default
-from fleet.settings import Settings, SettingsError, get_settings, load_env_file
+from fleet.services import embedded_defaults, redis_record, with_sqlite_default
+from fleet.settings import Settings, SettingsError, get_settings, load_env_file, redact_url
 from fleet.worker import close_worker, make_worker
 
 log = get_logger("fleet.cli")
@@ -78,7 +78,13 @@ def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
     configure_logging(configured)
     with embedded_defaults(configured) as settings:
         if configured.redis_url is None:
-            log.warning("no REDIS_URL: serving a private redis-server", redis_url=settings.redis_url)
+            log.warning(
+                "no REDIS_URL: using the embedded redis-server of the storage root",
+                redis_url=settings.redis_url,
+                recorded_in=str(redis_record(settings.storage_path)),
+            )
+        else:
+            log.info("redis", redis_url=redis_url_shown(settings))
         worker_kwargs = []
         for kind in kinds:
             made = import_string(WORKERS[kind])(settings)  # one queue's settings, or a list
@@ -95,7 +101,7 @@ async def _dead(args: argparse.Namespace) -> int:
         print("fleet dead retry: give job ids or --all", file=sys.stderr)
         return 2
     settings = get_settings()
-    async with await FleetClient.connect(settings) as client:
+    async with await _connect(settings) as client:
         letters = DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s)
         if args.action == "list":
             found = await letters.list(args.queue)
@@ -141,11 +147,13 @@ async def _health(args: argparse.Namespace) -> int:
     if args.self:
         return await _health_self(settings, Queue(args.queue) if args.queue else None)
     queues = [Queue(args.queue)] if args.queue else list(Queue)
-    async with await FleetClient.connect(settings) as client:
+    async with await _connect(settings) as client:
         results = [await health.check(client.redis, settings, q) for q in queues]
     for result in results:
         state = "ok" if result.healthy else "FAIL"
-        print(f"{result.queue:9} {state:4} live={len(result.live)} stale={','.join(result.stale) or '-'}")
+        line = f"{result.queue:9} {state:4} live={len(result.live)} stale={','.join(result.stale) or '-'}"
+        troubles = "; ".join(f"{replica}: {problem}" for replica, problem in result.troubled.items())
+        print(line + (f" troubled={troubles}" if troubles else ""))
     return 0 if all(r.healthy for r in results) else 1
 
 
@@ -155,7 +163,7 @@ async def _health_self(settings: Settings, queue: Queue | None) -> int:
 
     from fleet import health
 
-    async with await FleetClient.connect(settings) as client:
+    async with await _connect(settings) as client:
         try:
             results = await health.check_self(client.redis, settings, queue)
         except (RedisError, OSError) as exc:  # one line in the container's health log, no traceback
@@ -166,17 +174,18 @@ async def _health_self(settings: Settings, queue: Queue | None) -> int:
         print(f"FAIL no live fleet worker registered in {where}")
         return 1
     for r in results:
-        state = "ok" if r.beating else "FAIL"
+        state = "ok" if r.healthy else "FAIL"
         why = "" if r.beating else f" (none within HEALTH_INTERVAL_S={settings.health_interval_s:g})"
+        why += f" ({r.problem})" if r.problem else ""
         print(f"{r.queue:9} {state:4} {r.replica} last beat {r.age_s:.1f} s ago{why}")
-    return 0 if all(r.beating for r in results) else 1
+    return 0 if all(r.healthy for r in results) else 1
 
 
 async def _status(args: argparse.Namespace) -> int:
     from fleet import health
 
     settings = get_settings()
-    async with await FleetClient.connect(settings) as client:
+    async with await _connect(settings) as client:
         rows = [await health.status(client.redis, settings, q) for q in Queue]
     if args.json:
         print(json.dumps(rows))
@@ -194,6 +203,14 @@ async def _status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(f"{row[c]!s:>12}" for c in columns))
     return 0
+
+
+async def _connect(settings: Settings) -> FleetClient:
+    """The command's client; says on stderr which Redis it reads (password masked), so an
+    answer from the wrong Redis is never mistaken for the truth."""
+    client = await FleetClient.connect(settings)
+    print(f"fleet: Redis {client.where}", file=sys.stderr)
+    return client
 
 
 def _id_range(text: str) -> tuple[int, int]:
@@ -220,7 +237,7 @@ async def _rethumb(args: argparse.Namespace) -> int:
     engine = None if args.from_dir else db.create_engine(with_sqlite_default(configured))
     reporter = None if args.json else ProgressReporter()
     try:
-        async with await FleetClient.connect(configured) as client:
+        async with await _connect(configured) as client:
             summary = await rethumb(
                 client.redis, configured, selection, engine=engine, resume=args.resume, force=args.force,
                 dry_run=args.dry_run, progress=reporter,
@@ -244,8 +261,56 @@ def async_command(name: str, body: Callable[[argparse.Namespace], Coroutine[Any,
         except FleetError as exc:
             print(f"fleet {name}: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(f"fleet {name}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if (problem := _database_problem(exc)) is None:
+                raise
+            print(f"fleet {name}: {problem}", file=sys.stderr)
+            return 2
 
     return run
+
+
+def _database_problem(exc: BaseException) -> str | None:
+    """A database failure as one line (like a Redis one), with a hint where there is one;
+    None for anything else. SQLAlchemy is only imported by commands that used it."""
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if sqlalchemy is None or not isinstance(exc, sqlalchemy.exc.SQLAlchemyError | OSError):
+        return None
+    from fleet.db import classify_db_error
+
+    failure = classify_db_error(exc)
+    settings = get_settings()
+    where = redact_url(settings.database_url or f"SQLite under {settings.storage_path}")
+    hint = ""
+    if failure.kind == "DatabaseSchemaError":
+        hint = " (the embedded SQLite: `fleet db init` makes its tables; a board: check DATABASE_URL)"
+    return f"{failure} [{where}]{hint}"
+
+
+async def _db(args: argparse.Namespace) -> int:
+    """Make fleet's demo tables in the embedded SQLite (never in a board's database)."""
+    from fleet import db
+
+    settings = with_sqlite_default(get_settings())
+    url = settings.database_url or ""
+    if not url.startswith("sqlite"):
+        print(
+            f"fleet db init: DATABASE_URL={redact_url(url)} is not SQLite; a board's tables come from "
+            "its own migrations, and fleet only reads and updates them",
+            file=sys.stderr,
+        )
+        return 2
+    settings.storage_path.mkdir(parents=True, exist_ok=True)
+    engine = db.create_engine(settings)
+    try:
+        await db.create_schema(engine)
+    finally:
+        await engine.dispose()
+    print(f"fleet db init: tables ready in {url}")
+    return 0
 
 
 async def _cron(args: argparse.Namespace) -> int:
@@ -333,6 +398,10 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     rethumb.add_argument("--dry-run", action="store_true", help="count the work, queue nothing")
     rethumb.add_argument("--json", action="store_true", help="only the final JSON summary")
     rethumb.set_defaults(run=async_command("rethumb", _rethumb))
+
+    database = sub.add_parser("db", help="init: make fleet's demo tables in the embedded SQLite")
+    database.add_argument("action", choices=["init"])
+    database.set_defaults(run=async_command("db", _db))
 
     cron = sub.add_parser("cron", help="run one cron job of the db worker once, now, in this process")
     cron.add_argument(

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from fleet import coalesce
 from fleet.connections import DEFAULT_REDIS_URL, lazy_pool, open_pool
-from fleet.errors import EnqueueError
+from fleet.errors import EnqueueError, FleetError
 from fleet.registry import (
     DELETE_FROM_IQDB,
     INDEX_IQDB,
@@ -34,7 +34,8 @@ from fleet.registry import (
     VariantFlags,
     queue_key,
 )
-from fleet.settings import Settings, get_settings
+from fleet.services import with_redis_default
+from fleet.settings import Settings, get_settings, redact_url
 
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -46,19 +47,24 @@ class FleetClient:
 
     @classmethod
     async def connect(cls, settings: Settings | None = None) -> FleetClient:
-        settings = settings or get_settings()
+        settings = _with_redis(settings or get_settings())
         try:
             redis = await open_pool(settings)
         except _REDIS_FAILURES as exc:
-            raise EnqueueError(f"cannot reach Redis at {_safe_url(settings)}: {exc}") from exc
+            raise EnqueueError(f"cannot reach Redis at {redis_url_shown(settings)}: {exc}") from exc
         return cls(redis, settings)
 
     @classmethod
     def create(cls, settings: Settings | None = None) -> FleetClient:
         """A client that connects on its first enqueue: for a web process, which must start
         (and answer 503 on uploads) while Redis is down."""
-        settings = settings or get_settings()
+        settings = _with_redis(settings or get_settings())
         return cls(lazy_pool(settings), settings)
+
+    @property
+    def where(self) -> str:
+        """The Redis this client uses, password masked: every command says which it read."""
+        return redis_url_shown(self.settings)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -108,7 +114,7 @@ class FleetClient:
                 _defer_by=defer_s,
             )
         except _REDIS_FAILURES as exc:
-            raise EnqueueError(f"could not queue {spec.name} on {_safe_url(self.settings)}: {exc}") from exc
+            raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
         if job is None:
             raise EnqueueError(f"{spec.name}: a job with id {job_id!r} is already queued or running")
         return job
@@ -129,19 +135,22 @@ class FleetClient:
                 spec.encode(payload),
             )
         except _REDIS_FAILURES as exc:
-            raise EnqueueError(f"could not queue {spec.name} on {_safe_url(self.settings)}: {exc}") from exc
+            raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
         if not queued:
             return None
         return Job(job_id, self.redis, _queue_name=queue_name, _deserializer=self.redis.job_deserializer)
 
 
-def _safe_url(settings: Settings) -> str:
-    """The Redis URL without its password, for error messages."""
-    url = settings.redis_url or DEFAULT_REDIS_URL
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+def _with_redis(settings: Settings) -> Settings:
+    try:
+        return with_redis_default(settings)
+    except FleetError as exc:
+        raise EnqueueError(str(exc)) from None
+
+
+def redis_url_shown(settings: Settings) -> str:
+    """The Redis URL without its password, for messages."""
+    return redact_url(settings.redis_url or DEFAULT_REDIS_URL)
 
 
 def lifespan(

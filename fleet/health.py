@@ -54,6 +54,9 @@ class ReplicaStats:
     retried: int = 0
     dead_lettered: int = 0
     running: set[str] = field(default_factory=set)
+    problem: str | None = None
+    """Set while the replica cannot do its work (e.g. its database is unreachable): it still
+    beats, but health checks call it unhealthy and say why."""
 
 
 def _process_state(pid: int) -> tuple[str, str] | None:
@@ -187,6 +190,7 @@ class Heartbeat:
             "retried": self.stats.retried,
             "dead_lettered": self.stats.dead_lettered,
             "running": len(self.stats.running),
+            "problem": self.stats.problem,
         }
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.replica: now})
@@ -215,10 +219,12 @@ class QueueHealth:
     queue: str
     live: list[str]
     stale: list[str]
+    troubled: dict[str, str] = field(default_factory=dict)
+    """Live replicas that report a problem, with it."""
 
     @property
     def healthy(self) -> bool:
-        return bool(self.live) and not self.stale
+        return bool(self.live) and not self.stale and not self.troubled
 
 
 async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealth:
@@ -242,7 +248,13 @@ async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealt
     if gone:
         await redis.zrem(key, *gone)
         await redis.hdel(f"{key}:info", *gone)  # type: ignore[misc]
-    return QueueHealth(queue.value, live, stale)
+    troubled = {}
+    if live:
+        infos = await redis.hmget(f"{key}:info", live)  # type: ignore[misc]
+        for name, raw in zip(live, infos, strict=True):
+            if raw and (problem := json.loads(raw).get("problem")):
+                troubled[name] = str(problem)
+    return QueueHealth(queue.value, live, stale, troubled)
 
 
 @dataclass
@@ -253,6 +265,11 @@ class SelfHealth:
     replica: str
     age_s: float
     beating: bool
+    problem: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.beating and self.problem is None
 
 
 async def check_self(redis: ArqRedis, settings: Settings, queue: Queue | None = None) -> list[SelfHealth]:
@@ -264,9 +281,14 @@ async def check_self(redis: ArqRedis, settings: Settings, queue: Queue | None = 
     for entry in registrations(settings):
         if queue is not None and entry.queue != queue.value:
             continue
-        beat = await redis.zscore(_replicas_key(settings.namespace, Queue(entry.queue)), entry.replica)
+        key = _replicas_key(settings.namespace, Queue(entry.queue))
+        beat = await redis.zscore(key, entry.replica)
+        raw = await redis.hget(f"{key}:info", entry.replica)  # type: ignore[misc]
+        problem = json.loads(raw).get("problem") if raw else None
         age = now - max(beat or 0.0, entry.registered_at)
-        results.append(SelfHealth(entry.queue, entry.replica, age, age <= settings.health_interval_s))
+        results.append(
+            SelfHealth(entry.queue, entry.replica, age, age <= settings.health_interval_s, problem)
+        )
     return results
 
 

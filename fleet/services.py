@@ -157,11 +157,50 @@ def with_sqlite_default(settings: Settings) -> Settings:
     return settings
 
 
+def redis_record(storage_path: Path) -> Path:
+    """Where a worker records the URL of the embedded Redis it started for this storage root,
+    so every other command (and worker) using the same root finds the same Redis."""
+    return storage_path / ".fleet" / "redis.url"
+
+
+def with_redis_default(settings: Settings) -> Settings:
+    """``settings`` with the embedded Redis of its storage root when no REDIS_URL is set."""
+    if settings.redis_url is not None:
+        return settings
+    record = redis_record(settings.storage_path)
+    try:
+        return settings.replace(redis_url=record.read_text().strip())
+    except FileNotFoundError:
+        raise FleetError(
+            f"REDIS_URL is not set and no embedded Redis runs for STORAGE_PATH={settings.storage_path} "
+            "(`fleet worker` starts one there); set REDIS_URL to use another"
+        ) from None
+
+
 @contextlib.contextmanager
 def embedded_defaults(settings: Settings) -> Iterator[Settings]:
-    """``settings`` with a private Redis and SQLite filled in where none is configured."""
+    """``settings`` with a private Redis and SQLite filled in where none is configured.
+
+    The private Redis is shared through the storage root: a worker reuses one that another
+    process recorded there and still answers, or starts one and records it until it exits."""
     with contextlib.ExitStack() as stack:
         if settings.redis_url is None:
-            redis = stack.enter_context(EmbeddedRedis())
-            settings = settings.replace(redis_url=redis.url)
+            settings = settings.replace(redis_url=stack.enter_context(_embedded_redis(settings.storage_path)))
         yield with_sqlite_default(settings)
+
+
+@contextlib.contextmanager
+def _embedded_redis(storage_path: Path) -> Iterator[str]:
+    record = redis_record(storage_path)
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        url = record.read_text().strip()
+        if _answers_ping(int(url.rsplit(":", 1)[1].split("/", 1)[0])):
+            yield url  # another process's: it stays theirs
+            return
+    with EmbeddedRedis() as redis:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(redis.url + "\n")
+        try:
+            yield redis.url
+        finally:
+            record.unlink(missing_ok=True)

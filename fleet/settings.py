@@ -333,11 +333,15 @@ def _check(name: str, value: Any) -> Any:
 
 def _shown(name: str, value: Any) -> str:
     """The value for an error line, with any password in a URL masked."""
-    text = str(value)
-    if name.endswith("_url") and "@" in text and "://" in text:
-        scheme, rest = text.split("://", 1)
-        text = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return repr(text)
+    return repr(redact_url(str(value)) if name.endswith("_url") else str(value))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials masked: the one way fleet prints a URL it was given."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:
@@ -383,4 +387,4 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
-__all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_env_file"]
+__all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_env_file", "redact_url"]

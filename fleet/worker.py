@@ -383,6 +383,7 @@ def build_worker(
     async def startup(ctx: Context) -> None:
         ctx["settings"] = settings
         ctx["queue"] = queue
+        ctx["stats"] = stats  # a worker kind may report a problem there (health checks read it)
         ctx["fleet"] = FleetClient(ctx["redis"], settings)  # for jobs that queue follow-up jobs
         locks.start(ctx)
         if on_startup is not None:

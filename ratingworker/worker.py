@@ -5,11 +5,17 @@ and ``arq ratingworker.worker.DbWorkerSettings``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
-from fleet.db import SchemaProbe, create_engine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fleet.db import SchemaProbe, classify_db_error, create_engine
 from fleet.errors import FleetError, TransientError
+from fleet.health import ReplicaStats
 from fleet.registry import CRON_JOBS, Queue
 from fleet.settings import Settings, get_settings
 from fleet.worker import Context, build_worker, fleet_cron
@@ -21,18 +27,44 @@ log = logging.getLogger("ratingworker")
 
 async def _open_db(ctx: Context) -> None:
     """The engine, and the board's schema probed now (its missing optional columns are
-    logged once); a database away at start-up is probed again at the first job."""
+    logged once); a database away at start-up is probed again at the first job. A worker
+    (not a one-off ``fleet cron``) also watches the database for its health checks."""
     ctx["db"] = create_engine(ctx["settings"])
     ctx["schema"] = SchemaProbe(ctx["db"])
     try:
         await ctx["schema"].get()
     except TransientError as exc:
         log.warning("database not reachable at start-up (%s); its schema is read at the first job", exc)
+    if "stats" in ctx:
+        ctx["db_watch"] = asyncio.create_task(_watch_database(ctx["db"], ctx["stats"], ctx["settings"]))
 
 
 async def _close_db(ctx: Context) -> None:
+    if "db_watch" in ctx:
+        ctx["db_watch"].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ctx["db_watch"]
     if "db" in ctx:
         await ctx["db"].dispose()
+
+
+async def _watch_database(engine: AsyncEngine, stats: ReplicaStats, settings: Settings) -> None:
+    """``SELECT 1`` twice per health interval: a replica whose database is unreachable keeps
+    beating but reports the problem, so ``fleet health`` fails instead of saying ok while
+    every database job dead-letters."""
+    while True:
+        try:
+            async with asyncio.timeout(settings.health_interval_s), engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - reported through the heartbeat, then tried again
+            if stats.problem is None:
+                log.warning("database unreachable: %s", classify_db_error(exc))
+            stats.problem = f"database unreachable: {classify_db_error(exc)}"
+        else:
+            if stats.problem is not None:
+                log.warning("database reachable again")
+            stats.problem = None
+        await asyncio.sleep(settings.health_interval_s / 2)
 
 
 def iqdb_worker_settings(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""Day-one traps of a first-time operator, each run as the operator runs it: real commands in
+real processes, on a clone with nothing set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fleet.services import free_port, redis_record
+from fleet.settings import Settings, env_names
+
+ROOT = Path(__file__).parent.parent
+
+
+def bare_env(**variables: str) -> dict[str, str]:
+    """The environment of a shell with no fleet (or board) variable set, plus ``variables``."""
+    clean = {k: v for k, v in os.environ.items() if k not in env_names()}
+    return {**clean, "METRICS_PORT": "0", **variables}
+
+
+def fleet(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+Done = subprocess.CompletedProcess[str]
+
+
+def until(run: Callable[[], Done], done: Callable[[Done], bool], timeout_s: float = 60.0) -> Done:
+    """Run ``run()`` until ``done(result)``; the last result, or a failure showing it."""
+    deadline = time.monotonic() + timeout_s
+    while not done(result := run()):
+        assert time.monotonic() < deadline, (result.stdout, result.stderr)
+        time.sleep(0.2)
+    return result
+
+
+def test_every_command_finds_the_embedded_redis_the_worker_started(tmp_path: Path, namespace: str) -> None:
+    storage = tmp_path / "storage"
+    env = bare_env(STORAGE_PATH=str(storage), NAMESPACE=namespace, HEALTH_INTERVAL_S="1")
+    assert fleet(env, "status").returncode == 2  # nothing runs yet: says so, see below
+    worker = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "img"], env=env)
+    try:
+        healthy = until(lambda: fleet(env, "health", "--queue", "img"), lambda r: r.returncode == 0)
+        url = redis_record(storage).read_text().strip()
+        assert url.startswith("redis://127.0.0.1:") and not url.endswith(":6379/0")
+        assert f"fleet: Redis {url}" in healthy.stderr  # every command names the Redis it read
+        assert "img       ok   live=1" in healthy.stdout
+        status = fleet(env, "status", "--json")
+        assert status.returncode == 0 and f"fleet: Redis {url}" in status.stderr
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=60) == 0
+    assert not redis_record(storage).exists()  # gone with the worker that started it
+    after = fleet(env, "status")
+    assert after.returncode == 2
+    assert after.stderr.strip() == (
+        f"fleet status: REDIS_URL is not set and no embedded Redis runs for STORAGE_PATH={storage} "
+        "(`fleet worker` starts one there); set REDIS_URL to use another"
+    )
+
+
+def test_db_init_makes_the_embedded_sqlite_tables_and_nothing_else(
+    tmp_path: Path, settings: Settings
+) -> None:
+    storage = tmp_path / "storage"
+    env = bare_env(
+        STORAGE_PATH=str(storage), REDIS_URL=settings.redis_url or "", NAMESPACE=settings.namespace
+    )
+    before = fleet(env, "rethumb", "--dry-run", "--json")
+    assert before.returncode == 2
+    [line] = before.stderr.strip().splitlines()[-1:]
+    assert "Traceback" not in before.stderr and "no such table: images" in line and "fleet db init" in line
+
+    made = fleet(env, "db", "init")
+    assert made.returncode == 0 and "tables ready" in made.stdout, made.stderr
+    after = fleet(env, "rethumb", "--dry-run", "--json")
+    assert after.returncode == 0, after.stderr
+    assert '"total": 0' in after.stdout
+
+    board = fleet({**env, "DATABASE_URL": "postgresql+asyncpg://u:secret@db/board"}, "db", "init")
+    assert board.returncode == 2 and "is not SQLite" in board.stderr and "secret" not in board.stderr
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path, settings: Settings) -> None:
+    env = bare_env(
+        STORAGE_PATH=str(tmp_path),
+        REDIS_URL=settings.redis_url or "",
+        DATABASE_URL=f"mysql+aiomysql://root:secret@127.0.0.1:{free_port()}/board",
+    )
+    done = fleet(env, "rethumb", "--dry-run", "--json")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("fleet rethumb: database: ") and "Traceback" not in done.stderr
+    assert "secret" not in done.stderr and "***@127.0.0.1" in lines[-1]
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_a_light_replica_whose_database_is_unreachable_is_not_healthy(
+    tmp_path: Path, settings: Settings, reachable: bool
+) -> None:
+    database = (
+        f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
+        if reachable
+        else f"mysql+aiomysql://root@127.0.0.1:{free_port()}/board"
+    )
+    env = bare_env(
+        STORAGE_PATH=str(tmp_path),
+        REDIS_URL=settings.redis_url or "",
+        NAMESPACE=settings.namespace,
+        DATABASE_URL=database,
+        HEALTH_INTERVAL_S="1",
+        RUNTIME_DIR=str(tmp_path / "runtime"),
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "db"], env=env)
+    try:
+        live = until(lambda: fleet(env, "health", "--queue", "db"), lambda r: "live=1" in r.stdout)
+        if reachable:
+            assert live.returncode == 0 and "troubled" not in live.stdout
+            assert fleet(env, "health", "--self").returncode == 0
+        else:
+            failing = until(lambda: fleet(env, "health", "--queue", "db"), lambda r: "troubled=" in r.stdout)
+            assert failing.returncode == 1
+            assert "db        FAIL live=1" in failing.stdout and "database unreachable" in failing.stdout
+            own = fleet(env, "health", "--self")
+            assert own.returncode == 1 and "database unreachable" in own.stdout
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
