@@ -13,23 +13,25 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import date, datetime
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from arq.utils import import_string
-
 from fleet.client import FleetClient, redis_url_shown
-from fleet.deadletters import DeadLetters
-from fleet.deadletters import retry as retry_letter
 from fleet.errors import FleetError
-from fleet.logging import configure_logging, get_logger
 from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
 from fleet.services import embedded_defaults, redis_record, with_sqlite_default
 from fleet.settings import Settings, SettingsError, get_settings, load_env_file, redact_url
-from fleet.worker import close_worker, make_worker
 
-log = get_logger("fleet.cli")
+# Imported where used, not here: the worker machinery, dead letters and arq's import_string
+# cost a tenth of a second that `fleet health` (a container healthcheck, every few seconds)
+# does not need.
+
+
+def _log() -> Any:
+    from fleet.logging import get_logger
+
+    return get_logger("fleet.cli")
+
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -44,6 +46,8 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
     per worker otherwise, and the last one installed would be the only one to stop. If one
     worker dies of an error, the others are drained and the process exits non-zero, so a
     supervisor restarts it."""
+    from fleet.worker import close_worker, make_worker
+
     workers = [make_worker(kwargs, burst=burst, handle_signals=False) for kwargs in worker_kwargs]
 
     def stop(signum: signal.Signals) -> None:
@@ -62,7 +66,7 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
             for task in done:
                 if not task.cancelled() and task.exception() is not None and failure is None:
                     failure = task.exception()
-                    log.error("a worker died; stopping the others", error=repr(failure))
+                    _log().error("a worker died; stopping the others", error=repr(failure))
                     stop(signal.SIGTERM)
     finally:
         await asyncio.gather(*(close_worker(w) for w in workers))
@@ -72,19 +76,22 @@ async def serve(worker_kwargs: Sequence[dict[str, Any]], *, burst: bool = False)
 def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
     """Run one or more worker kinds in one process (``light`` means iqdb and db)."""
     import uvloop
+    from arq.utils import import_string
 
     kinds = [k for kind in kinds for k in (LIGHT if kind == "light" else (kind,))]
     configured = get_settings()
+    from fleet.logging import configure_logging
+
     configure_logging(configured)
     with embedded_defaults(configured) as settings:
         if configured.redis_url is None:
-            log.warning(
+            _log().warning(
                 "no REDIS_URL: using the embedded redis-server of the storage root",
                 redis_url=settings.redis_url,
                 recorded_in=str(redis_record(settings.storage_path)),
             )
         else:
-            log.info("redis", redis_url=redis_url_shown(settings))
+            _log().info("redis", redis_url=redis_url_shown(settings))
         worker_kwargs = []
         for kind in kinds:
             made = import_string(WORKERS[kind])(settings)  # one queue's settings, or a list
@@ -97,6 +104,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _dead(args: argparse.Namespace) -> int:
+    from fleet.deadletters import DeadLetters
+    from fleet.deadletters import retry as retry_letter
+
     if args.action == "retry" and not (args.ids or args.all):
         print("fleet dead retry: give job ids or --all", file=sys.stderr)
         return 2
@@ -224,6 +234,8 @@ async def _rethumb(args: argparse.Namespace) -> int:
     from fleet.progress import ProgressReporter
 
     configured = get_settings()
+    from fleet.logging import configure_logging
+
     configure_logging(configured.replace(log_level="WARNING"))  # the progress bar, then one JSON line
     selection = Selection(
         ids=args.ids,
@@ -314,7 +326,11 @@ async def _db(args: argparse.Namespace) -> int:
 
 
 async def _cron(args: argparse.Namespace) -> int:
+    from arq.utils import import_string
+
     settings = with_sqlite_default(get_settings())
+    from fleet.logging import configure_logging
+
     configure_logging(settings)
     result = await import_string(CRON_RUNNER)(args.name, settings)
     print(json.dumps({"cron": args.name, "result": result}))
@@ -327,7 +343,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(images=args.images, keep=args.keep)
 
 
-def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
+    """The whole command line; ``plugins``: all plugin commands, none, or only the one named
+    (a plugin's import costs up to a second: only the command being run pays it)."""
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--env-file",
@@ -414,19 +432,18 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the sample storage root and print its path")
     demo.set_defaults(run=_cmd_demo)
 
+    from importlib.metadata import entry_points
+
     for plugin in entry_points(group="fleet.commands") if plugins else ():
+        if isinstance(plugins, str) and plugin.name != plugins:
+            continue
         try:
             register: Callable[[Any], None] = plugin.load()
         except ImportError as exc:  # e.g. the rating image has no libvips, a worker image no bench/
-            log.debug("fleet command unavailable here", command=plugin.name, error=str(exc))
+            _log().debug("fleet command unavailable here", command=plugin.name, error=str(exc))
             continue
         register(sub)
     return parser
-
-
-CORE_ONLY = ("health", "status")
-"""Commands that skip loading the plugin commands (about a second of imports): a container
-healthcheck runs ``fleet health`` every few seconds."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -439,12 +456,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             (w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1 : i] != ["--env-file"]),
             None,
         )
-        args = build_parser(plugins=command not in CORE_ONLY).parse_args(words)
+        args = build_parser(plugins=_plugins_for(command)).parse_args(words)
         run: Command = args.run
         return run(args)
     except SettingsError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
+
+
+CORE_COMMANDS = ("worker", "health", "status", "dead", "rethumb", "db", "cron", "demo")
+
+
+def _plugins_for(command: str | None) -> bool | str:
+    """A core command loads no plugin, a plugin's command only its own; help or an unknown
+    word loads them all, so the usage lists every command."""
+    from importlib.metadata import entry_points
+
+    if command in CORE_COMMANDS:
+        return False
+    if command in {plugin.name for plugin in entry_points(group="fleet.commands")}:
+        return command or True
+    return True
 
 
 def _env_file(words: Sequence[str]) -> Path | None:

@@ -3,6 +3,8 @@ real processes, on a clone with nothing set."""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import os
 import subprocess
 import sys
@@ -134,3 +136,25 @@ def test_a_light_replica_whose_database_is_unreachable_is_not_healthy(
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+def test_a_command_loads_only_its_own_plugin() -> None:
+    from fleet.cli import CORE_COMMANDS, build_parser
+
+    [commands] = [
+        a for a in build_parser(plugins=False)._actions if isinstance(a, argparse._SubParsersAction)
+    ]
+    assert set(commands.choices) == set(CORE_COMMANDS)
+
+    def loaded_for(command: str) -> list[str]:
+        code = (
+            "import sys, fleet.cli as c; c.build_parser(plugins=c._plugins_for(sys.argv[1])); "
+            "print(sorted(m for m in ('imgworker', 'bench') if m in sys.modules))"
+        )
+        done = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        return list(ast.literal_eval(done.stdout.strip()))
+
+    assert loaded_for("health") == []  # the container healthcheck pays for no plugin
+    assert loaded_for("render") == ["imgworker"]
+    assert loaded_for("rendr") == ["bench", "imgworker"]  # a typo: the usage lists every command
