@@ -34,6 +34,7 @@ def configure_logging(settings: Settings) -> None:
             foreign_pre_chain=shared,
         )
     )
+    handler.addFilter(ArqNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -44,6 +45,25 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class ArqNoise(logging.Filter):
+    """arq's own lines, made quiet where fleet says it better.
+
+    A failed job is one ``job_dead_lettered`` event; arq's line about it keeps its text but
+    not its traceback (25-200 lines a letter) unless the level is DEBUG. And the SIGUSR1 that
+    ``fleet.worker.close_worker`` sends each worker to end it is internal, not a shutdown an
+    operator asked for: arq's "shutdown on SIGUSR1" line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("arq"):
+            return True
+        if record.args and isinstance(record.args, tuple) and "SIGUSR1" in map(str, record.args[:1]):
+            return False
+        if record.exc_info and not logging.getLogger().isEnabledFor(logging.DEBUG):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def get_logger(name: str) -> Any:

@@ -158,3 +158,35 @@ def test_a_command_loads_only_its_own_plugin() -> None:
     assert loaded_for("health") == []  # the container healthcheck pays for no plugin
     assert loaded_for("render") == ["imgworker"]
     assert loaded_for("rendr") == ["bench", "imgworker"]  # a typo: the usage lists every command
+
+
+async def test_a_dead_letter_is_one_log_line_and_a_sigterm_no_sigusr1_noise(
+    tmp_path: Path, settings: Settings
+) -> None:
+    from fleet.client import FleetClient
+    from fleet.errors import JobFailedError
+
+    env = bare_env(
+        STORAGE_PATH=str(tmp_path),
+        REDIS_URL=settings.redis_url or "",
+        NAMESPACE=settings.namespace,
+        LOG_FORMAT="console",
+        RUNTIME_DIR=str(tmp_path / "runtime"),
+    )
+    assert fleet(env, "db", "init").returncode == 0
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fleet", "worker", "light"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        until(lambda: fleet(env, "health", "--queue", "db"), lambda r: r.returncode == 0)
+        async with await FleetClient.connect(settings) as client:
+            job = await client.write_variant_flags(404, medium=1, large=1)  # no such image: dead letter
+            with pytest.raises(JobFailedError):
+                await job.result(timeout=30, poll_delay=0.05)
+    finally:
+        worker.terminate()
+        _, log = worker.communicate(timeout=60)
+    assert worker.returncode == 0, log
+    assert "job_dead_lettered" in log and "UnknownImage" in log
+    assert "Traceback" not in log
+    assert "SIGUSR1" not in log
