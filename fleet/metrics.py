@@ -16,6 +16,7 @@ from collections.abc import Callable
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from fleet.errors import FleetError
 from fleet.registry import Queue
 from fleet.settings import Settings
 
@@ -56,9 +57,12 @@ def serve(port: int) -> None:
         _served_on = port
         try:
             start_http_server(port)
-        except OSError as exc:  # another process on this host has it: run on, unscraped
-            log.warning("metrics not served on :%d: %s", port, exc)
-            return
+        except OSError as exc:  # never run on silently unscraped: the alerts would say nothing
+            _served_on = None
+            raise FleetError(
+                f"METRICS_PORT={port} cannot be served ({exc.strerror or exc}): another fleet worker "
+                "on this host has it? Give each worker process its own METRICS_PORT, or 0 for none"
+            ) from exc
         log.info("metrics on :%d/metrics", port)
 
 

@@ -145,6 +145,8 @@ async def dead_letter(
         failed_at=time.time(),
     )
     await letters.add(letter)
+    # Counted here, not per job: a bulk batch dead-letters its failed images one by one.
+    metrics.JOBS_DEAD_LETTERED.labels(letter.queue, function).inc()
     fields = job_fields(ctx, function, args[0] if len(args) == 1 else None)
     if letter.job_id != fields["job_id"]:
         fields["letter_id"] = letter.job_id
@@ -175,9 +177,8 @@ def _adapt(
                 fields = job_fields(ctx, spec.name, data)
                 log.warning("job_retried", **fields, retry_in_ms=retry.defer_score, **failure)
                 raise
-            except JobFailedError:  # dead_letter() logged job_dead_lettered
+            except JobFailedError:  # dead_letter() logged and counted it
                 stats.dead_lettered += 1
-                metrics.JOBS_DEAD_LETTERED.labels(*labels).inc()
                 await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
                 raise
             finally:

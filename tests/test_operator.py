@@ -190,3 +190,40 @@ async def test_a_dead_letter_is_one_log_line_and_a_sigterm_no_sigusr1_noise(
     assert "job_dead_lettered" in log and "UnknownImage" in log
     assert "Traceback" not in log
     assert "SIGUSR1" not in log
+
+
+def test_two_workers_on_one_metrics_port_fail_loudly(tmp_path: Path, settings: Settings) -> None:
+    port = str(free_port())
+    env = bare_env(
+        STORAGE_PATH=str(tmp_path), REDIS_URL=settings.redis_url or "", NAMESPACE=settings.namespace,
+        METRICS_PORT=port, RUNTIME_DIR=str(tmp_path / "runtime"), DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/b.db",
+    )  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "db"], env=env)
+    try:
+        until(lambda: fleet(env, "health", "--queue", "db"), lambda r: r.returncode == 0)
+        second = fleet(env, "worker", "iqdb")
+        assert second.returncode != 0  # not a worker running on, silently unscraped
+        assert f"METRICS_PORT={port} cannot be served" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+
+
+async def test_images_dead_lettered_inside_a_bulk_batch_are_counted(settings: Settings) -> None:
+    from fleet import metrics
+    from fleet.client import FleetClient
+    from fleet.registry import RENDER_BATCH, RenderBatch
+    from imgworker.worker import worker_settings
+    from tests import images
+    from tests.conftest import running_worker
+
+    good = images.jpeg(settings.storage_path, "good.jpg", 300, 200)
+    (settings.storage_path / "fullsize" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
+    counter = metrics.JOBS_DEAD_LETTERED.labels("img-bulk", "render_batch")
+    before = counter._value.get()
+    batch = RenderBatch("run1", [1, 2], [good[0], "broken"], ["jpg", "jpg"], [], mode="all", with_db=False)
+    async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
+        job = await client.enqueue(RENDER_BATCH, batch)
+        counts = await job.result(timeout=60, poll_delay=0.05)
+    assert (counts["rendered"], counts["failed"]) == (1, 1)
+    assert counter._value.get() == before + 1
