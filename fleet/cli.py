@@ -223,6 +223,21 @@ async def _connect(settings: Settings) -> FleetClient:
     return client
 
 
+VARIANTS = ("thumb", "medium", "large")
+"""What ``fleet rethumb --variants`` can name (the IQDB JPEG comes with the thumbnail)."""
+
+
+def _variant_list(text: str) -> tuple[str, ...]:
+    """``thumb,medium``; an unknown name is an error listing the valid ones, never a run
+    that reports success and writes nothing."""
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if unknown := [v for v in names if v not in VARIANTS] or ([] if names else [text]):
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {', '.join(map(repr, unknown))}: use {', '.join(VARIANTS)}"
+        )
+    return names
+
+
 def _id_range(text: str) -> tuple[int, int]:
     first, _, last = text.partition("-")
     return int(first), int(last or first)
@@ -242,7 +257,7 @@ async def _rethumb(args: argparse.Namespace) -> int:
         since=args.since,
         until=args.until,
         from_dir=args.from_dir,
-        variants=tuple(v for v in args.variants.split(",") if v) if args.variants else (),
+        variants=args.variants or (),
         mode="missing" if args.missing else "stale",
         reindex=args.reindex,
     )
@@ -404,7 +419,9 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
         "--until", type=date.fromisoformat, help="stored names dated on or before YYYY-MM-DD"
     )
     rethumb.add_argument("--missing", action="store_true", help="only originals lacking an output at all")
-    rethumb.add_argument("--variants", help="comma list of thumb,medium,large (default: all)")
+    rethumb.add_argument(
+        "--variants", type=_variant_list, help=f"comma list of {','.join(VARIANTS)} (default: all)"
+    )
     rethumb.add_argument(
         "--reindex",
         choices=["changed", "always", "never"],

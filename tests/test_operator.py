@@ -227,3 +227,15 @@ async def test_images_dead_lettered_inside_a_bulk_batch_are_counted(settings: Se
         counts = await job.result(timeout=60, poll_delay=0.05)
     assert (counts["rendered"], counts["failed"]) == (1, 1)
     assert counter._value.get() == before + 1
+
+
+@pytest.mark.parametrize("variants", ["thumbnail", "bogus,nothing", "thumb,large,"])
+def test_a_typo_in_variants_is_an_error_listing_the_valid_ones(variants: str, tmp_path: Path) -> None:
+    done = fleet(
+        bare_env(STORAGE_PATH=str(tmp_path)), "rethumb", "--ids", "1-2", "--variants", variants, "--json"
+    )
+    if variants == "thumb,large,":  # a trailing comma is no typo
+        assert "unknown variant" not in done.stderr
+        return
+    assert done.returncode == 2
+    assert "unknown variant" in done.stderr and "use thumb, medium, large" in done.stderr
