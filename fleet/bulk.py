@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.constants import expires_extra_ms, job_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +38,14 @@ OUTCOMES = ("rendered", "skipped", "failed")
 _RECORD = """
 if redis.call('SETBIT', KEYS[1], ARGV[1], 1) == 0 then
     redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+    return 1
+end
+return 0
+"""
+
+_REOPEN = """
+if redis.call('SETBIT', KEYS[1], ARGV[1], 0) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
     return 1
 end
 return 0
@@ -86,6 +94,12 @@ class BulkRun:
         """Count ``outcome`` for ``image_id`` unless it already has one; True if counted."""
         counted = await self.redis.eval(_RECORD, 2, self.done_key, self.key, str(image_id), outcome)  # type: ignore[misc]
         return bool(counted)
+
+    async def reopen(self, image_id: int, outcome: str = "failed") -> bool:
+        """Forget ``image_id``'s recorded ``outcome``, so a batch naming it renders it again
+        (``fleet dead retry`` of a bulk image); True if it had one."""
+        reopened = await self.redis.eval(_REOPEN, 2, self.done_key, self.key, str(image_id), outcome)  # type: ignore[misc]
+        return bool(reopened)
 
     async def processed(self) -> int:
         values = await self.redis.hmget(self.key, list(OUTCOMES))  # type: ignore[misc]
@@ -217,7 +231,7 @@ async def _enqueue_batches(
                 now,
                 serializer=serializer.serialize,
             )
-            pipe.psetex(job_key_prefix + job_id, expires_extra_ms, job)
+            pipe.psetex(job_key_prefix + job_id, settings.job_expiry_s * 1000, job)
             pipe.zadd(queue, {job_id: now})
         pipe.hset(run.key, "cursor", str(batches[-1].image_ids[-1]))
         pipe.hincrby(run.key, "fed", sum(len(b.image_ids) for b in batches))

@@ -14,13 +14,17 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.client import FleetClient, redis_url_shown
 from fleet.errors import FleetError
 from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
+from fleet.serializer import printable
 from fleet.services import embedded_defaults, redis_record, with_sqlite_default
 from fleet.settings import Settings, SettingsError, get_settings, load_env_file, redact_url
+
+if TYPE_CHECKING:
+    from fleet.deadletters import DeadLetters
 
 # Imported where used, not here: the worker machinery, dead letters and arq's import_string
 # cost a tenth of a second that `fleet health` (a container healthcheck, every few seconds)
@@ -112,21 +116,9 @@ async def _dead(args: argparse.Namespace) -> int:
         return 2
     settings = get_settings()
     async with await _connect(settings) as client:
-        letters = DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s)
+        letters = DeadLetters.of(client.redis, settings)
         if args.action == "list":
-            found = await letters.list(args.queue)
-            for letter in found:
-                if args.json:
-                    print(letter.to_json())
-                else:
-                    when = datetime.fromtimestamp(letter.failed_at).isoformat(timespec="seconds")
-                    print(
-                        f"{letter.job_id}  {letter.queue:8} {letter.function}  tries={letter.tries}  {when}"
-                    )
-                    print(f"    {letter.error_type}: {letter.message}")
-            if not args.json:
-                print(f"{len(found)} dead letter(s)")
-            return 0
+            return await _list_letters(letters, args)
         if args.action == "purge":
             print(f"purged {await letters.purge(args.queue)} dead letter(s)")
             return 0
@@ -148,6 +140,30 @@ async def _dead(args: argparse.Namespace) -> int:
                 continue
             print(f"{letter.job_id} -> queued again as {job.job_id}")
         return 1 if failed else 0
+
+
+async def _list_letters(letters: DeadLetters, args: argparse.Namespace) -> int:
+    """One page of letters, newest first; names and messages with control characters escaped
+    (``--json`` escapes them as JSON does)."""
+    if args.limit < 1 or args.offset < 0:
+        print("fleet dead list: --limit must be at least 1 and --offset at least 0", file=sys.stderr)
+        return 2
+    page = await letters.page(args.queue, limit=args.limit, offset=args.offset)
+    for letter in page:
+        if args.json:
+            print(letter.to_json())
+            continue
+        when = datetime.fromtimestamp(letter.failed_at).isoformat(timespec="seconds")
+        print(printable(f"{letter.job_id}  {letter.queue:8} {letter.function}  tries={letter.tries}  {when}"))
+        print(printable(f"    {letter.error_type}: {letter.message}"))
+    if not args.json:
+        total = await letters.count(args.queue)
+        queues = [args.queue] if args.queue else [q.value for q in Queue]
+        dropped = sum([await letters.dropped(q) for q in queues])
+        shown = f"{args.offset + 1}-{args.offset + len(page)} of " if page and len(page) < total else ""
+        more = f"; {dropped} older dropped over DEAD_LETTER_MAX={letters.max_kept}" if dropped else ""
+        print(f"{shown}{total} dead letter(s), newest first{more}")
+    return 0
 
 
 async def _health(args: argparse.Namespace) -> int:
@@ -404,6 +420,8 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
     dead.add_argument("--queue", choices=[q.value for q in Queue])
     dead.add_argument("--all", action="store_true", help="retry every dead letter (of --queue)")
     dead.add_argument("--json", action="store_true", help="list as JSON lines")
+    dead.add_argument("--limit", type=int, default=50, help="list at most this many (newest first)")
+    dead.add_argument("--offset", type=int, default=0, help="list after skipping this many")
     dead.set_defaults(run=async_command("dead", _dead))
 
     rethumb = sub.add_parser(

@@ -17,9 +17,9 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 from redis.exceptions import RedisError
 
-from fleet import coalesce
+from fleet import coalesce, serializer
 from fleet.connections import DEFAULT_REDIS_URL, lazy_pool, open_pool
-from fleet.errors import EnqueueError, FleetError
+from fleet.errors import EnqueueError, FleetError, PayloadTooLargeError
 from fleet.registry import (
     DELETE_FROM_IQDB,
     INDEX_IQDB,
@@ -103,8 +103,10 @@ class FleetClient:
     async def enqueue(
         self, spec: JobSpec[P], payload: P, *, job_id: str | None = None, defer_s: float | None = None
     ) -> Job:
-        """Queue ``payload`` for ``spec``; raises :class:`EnqueueError`, never returns silently."""
-        data = spec.encode(payload)
+        """Queue ``payload`` for ``spec``; raises :class:`EnqueueError`, never returns silently
+        (:class:`PayloadTooLargeError` for a payload no worker would accept). The job expires
+        JOB_EXPIRY_S after it is due."""
+        data = _checked(spec, payload)
         try:
             job = await self.redis.enqueue_job(
                 spec.name,
@@ -112,6 +114,7 @@ class FleetClient:
                 _queue_name=queue_key(self.settings.namespace, spec.queue),
                 _job_id=job_id,
                 _defer_by=defer_s,
+                _expires=(defer_s or 0) + self.settings.job_expiry_s,
             )
         except _REDIS_FAILURES as exc:
             raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
@@ -132,7 +135,8 @@ class FleetClient:
                 queue_name,
                 job_id,
                 spec.name,
-                spec.encode(payload),
+                _checked(spec, payload),
+                expires_ms=self.settings.job_expiry_s * 1000,
             )
         except _REDIS_FAILURES as exc:
             raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
@@ -151,6 +155,23 @@ def _with_redis(settings: Settings) -> Settings:
 def redis_url_shown(settings: Settings) -> str:
     """The Redis URL without its password, for messages."""
     return redact_url(settings.redis_url or DEFAULT_REDIS_URL)
+
+
+def _checked(spec: JobSpec[P], payload: P) -> dict[str, Any]:
+    """The encoded payload, refused here when it is too big for a worker to accept."""
+    data = spec.encode(payload)
+    if problem := serializer.payload_problem([data]):
+        raise PayloadTooLargeError(f"{spec.name}: payload refused: {problem}")
+    return data
+
+
+def _safe_url(settings: Settings) -> str:
+    """The Redis URL without its password, for error messages."""
+    url = settings.redis_url or DEFAULT_REDIS_URL
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
 
 
 def lifespan(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix
+from arq.constants import default_queue_name, job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
@@ -36,9 +36,17 @@ return 0
 
 
 async def enqueue_once(
-    redis: ArqRedis, pending_key: str, queue_name: str, job_id: str, function: str, data: dict[str, Any]
+    redis: ArqRedis,
+    pending_key: str,
+    queue_name: str,
+    job_id: str,
+    function: str,
+    data: dict[str, Any],
+    *,
+    expires_ms: int,
 ) -> bool:
-    """Queue the job unless one with the same ``pending_key`` is waiting; True if queued."""
+    """Queue the job unless one with the same ``pending_key`` is waiting; True if queued. The
+    job and its slot expire after ``expires_ms`` (JOB_EXPIRY_S)."""
     now = timestamp_ms()
     payload = serialize_job(function, (data,), {}, None, now, serializer=serializer.serialize)
     queued = await redis.eval(  # type: ignore[misc]  # redis-py types eval as sync|async
@@ -50,7 +58,7 @@ async def enqueue_once(
         job_id,
         payload.decode(),
         str(now),
-        str(expires_extra_ms),
+        str(expires_ms),
     )
     return bool(queued)
 

@@ -22,6 +22,11 @@ class EnqueueError(FleetError):
     """
 
 
+class PayloadTooLargeError(FleetError, ValueError):
+    """A payload over the bounds of :func:`fleet.serializer.payload_problem`: refused before it
+    reaches Redis (a worker would refuse it too, and dead-letter it)."""
+
+
 class RegistryError(FleetError):
     """A worker does not register exactly the jobs the registry assigns to its queue."""
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
+from fleet.logging import get_logger
 from fleet.registry import Queue, queue_key
 from fleet.settings import Settings
 
@@ -148,6 +150,29 @@ def registrations(settings: Settings) -> list[Registration]:
     return found
 
 
+class Outage:
+    """A background task's view of Redis: an outage is logged once when it starts and once
+    when it ends, however long it lasts and however often the task tries meanwhile."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.since: float | None = None
+        self._log = get_logger("fleet.outage")
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self._log.warning(
+                "redis_unavailable", task=self.task, error_type=type(exc).__name__, error=str(exc)
+            )
+
+    def ended(self) -> None:
+        if self.since is not None:
+            away_s = round(time.monotonic() - self.since, 1)
+            self.since = None
+            self._log.info("redis_available_again", task=self.task, outage_s=away_s)
+
+
 class Heartbeat:
     def __init__(self, settings: Settings, queue: Queue, stats: ReplicaStats) -> None:
         self.settings = settings
@@ -198,11 +223,14 @@ class Heartbeat:
             await pipe.execute()
 
     async def _run(self, redis: ArqRedis) -> None:
+        outage = Outage("heartbeat")
         while True:
             try:
                 await self.beat(redis)
-            except OSError as exc:
-                log.warning("heartbeat not written: %s", exc)
+            except (RedisError, OSError) as exc:  # Redis away, however long: beat again when it is back
+                outage.failed(exc)
+            else:
+                outage.ended()
             await asyncio.sleep(self.settings.health_interval_s / 2)  # one missed beat is tolerated
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from redis.exceptions import RedisError
 
 from fleet.errors import FleetError
 from fleet.registry import Queue
@@ -26,6 +27,9 @@ QUEUE_READY = Gauge("fleet_queue_ready", "Jobs due now and not running (autoscal
 QUEUE_DEFERRED = Gauge("fleet_queue_deferred", "Jobs queued for later (retries, deferred)", ["queue"])
 QUEUE_IN_PROGRESS = Gauge("fleet_queue_in_progress", "Jobs running on live replicas", ["queue"])
 DEAD_LETTERS = Gauge("fleet_dead_letters", "Dead letters kept", ["queue"])
+DEAD_LETTERS_DROPPED = Gauge(
+    "fleet_dead_letters_dropped", "Oldest dead letters dropped over DEAD_LETTER_MAX", ["queue"]
+)
 LIVE_REPLICAS = Gauge("fleet_live_replicas", "Replicas with a fresh heartbeat", ["queue"])
 
 JOBS_STARTED = Counter("fleet_jobs_started", "Jobs started by this process", ["queue", "function"])
@@ -90,17 +94,31 @@ async def stop_refreshing() -> None:
         _refreshing = None
 
 
-async def _refresh_queues(redis: ArqRedis, settings: Settings) -> None:
-    """Keep the queue gauges current (every half health interval) until cancelled."""
+async def _refresh_once(redis: ArqRedis, settings: Settings) -> None:
+    from fleet.deadletters import DeadLetters
     from fleet.health import status
 
+    letters = DeadLetters.of(redis, settings)
+    for queue in Queue:
+        row = await status(redis, settings, queue)
+        QUEUE_READY.labels(queue.value).set(row["ready"])
+        QUEUE_DEFERRED.labels(queue.value).set(row["deferred"])
+        QUEUE_IN_PROGRESS.labels(queue.value).set(row["in_progress"])
+        DEAD_LETTERS.labels(queue.value).set(row["dead_letters"])
+        DEAD_LETTERS_DROPPED.labels(queue.value).set(await letters.dropped(queue.value))
+        LIVE_REPLICAS.labels(queue.value).set(row["live_replicas"])
+
+
+async def _refresh_queues(redis: ArqRedis, settings: Settings) -> None:
+    """Keep the queue gauges current (every half health interval) until cancelled."""
+    from fleet.health import Outage
+
+    outage = Outage("metrics")
     while True:
-        with contextlib.suppress(OSError):
-            for queue in Queue:
-                row = await status(redis, settings, queue)
-                QUEUE_READY.labels(queue.value).set(row["ready"])
-                QUEUE_DEFERRED.labels(queue.value).set(row["deferred"])
-                QUEUE_IN_PROGRESS.labels(queue.value).set(row["in_progress"])
-                DEAD_LETTERS.labels(queue.value).set(row["dead_letters"])
-                LIVE_REPLICAS.labels(queue.value).set(row["live_replicas"])
+        try:
+            await _refresh_once(redis, settings)
+        except (RedisError, OSError) as exc:  # Redis away, however long: refresh again when it is back
+            outage.failed(exc)
+        else:
+            outage.ended()
         await asyncio.sleep(settings.health_interval_s / 2)

@@ -8,20 +8,69 @@ and come back as :class:`fleet.errors.JobFailedError`, so ``Job.result()`` still
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fleet.errors import JobError, JobFailedError
 
 _ERROR_KEY = "__error__"
 
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""A job document (arq's envelope and the payload) over this is refused: it would be copied into
+the result, the dead letter and the logs. A bulk batch of 1,000 images is about 60 KiB."""
+MAX_STRING_CHARS = 1024
+"""Any string in a payload longer than this is refused (the board's stored names are at most
+120 characters)."""
+MAX_MESSAGE_CHARS = 2048
+"""Error messages kept in results and dead letters are cut here."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut: one huge error must
+    not become a huge result, dead letter and log line."""
+    if len(text) <= limit:
+        return text
+    cut_bytes = len(text[limit:].encode(errors="replace"))
+    return f"{text[:limit]}… ({cut_bytes} bytes cut)"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``): names and messages come from
+    uploads and planted jobs, and must not drive the terminal that shows them."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+def payload_problem(data: Any, raw_size: int | None = None) -> str | None:
+    """Why a payload is too big to queue or run (None if it is not): over MAX_PAYLOAD_BYTES
+    serialized, or holding a string over MAX_STRING_CHARS."""
+    size = raw_size if raw_size is not None else len(json.dumps(data, separators=(",", ":")).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        return f"the job is {size} bytes, over the bound of {MAX_PAYLOAD_BYTES}"
+    longest = _longest_string(data)
+    if longest > MAX_STRING_CHARS:
+        return f"a string of {longest} characters, over the bound of {MAX_STRING_CHARS}"
+    return None
+
+
+def _longest_string(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return max((max(len(str(k)), _longest_string(v)) for k, v in value.items()), default=0)
+    if isinstance(value, list | tuple):
+        return max((_longest_string(v) for v in value), default=0)
+    return 0
+
 
 def _encode_default(value: Any) -> Any:
     if isinstance(value, JobFailedError):
-        return {_ERROR_KEY: value.error_type, "message": value.message}
+        return {_ERROR_KEY: value.error_type, "message": cut(value.message)}
     if isinstance(value, JobError):
-        return {_ERROR_KEY: value.kind, "message": str(value)}
+        return {_ERROR_KEY: value.kind, "message": cut(str(value))}
     if isinstance(value, BaseException):
-        return {_ERROR_KEY: type(value).__name__, "message": str(value)}
+        return {_ERROR_KEY: type(value).__name__, "message": cut(str(value))}
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

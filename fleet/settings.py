@@ -97,6 +97,12 @@ class Settings:
     """Tries of a job failing transiently before it is given up."""
     dead_letter_ttl_s: int = 7 * 24 * 3600
     """How long dead letters are kept."""
+    dead_letter_max: int = 10_000
+    """Dead letters kept per queue; beyond it the oldest are dropped (and counted in the
+    fleet_dead_letters_dropped gauge and `fleet dead list`)."""
+    job_expiry_s: int = 7 * 24 * 3600
+    """A queued job not started this long after it was due is given up (arq's default is a day):
+    its key expires, and a worker that meets its queue entry dead-letters it as expired."""
     lock_ttl_s: float = 10.0
     """A running job's lock lives this long unless its worker renews it (every third of it):
     a SIGKILLed worker's jobs run again elsewhere after about this long."""
@@ -307,7 +313,7 @@ _POSITIVE = {
     "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
     "render_recycle_after",
     "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "light_max_jobs", "iqdb_timeout_s",
-    "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s",
+    "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s", "dead_letter_max", "job_expiry_s",
 }  # fmt: skip
 
 

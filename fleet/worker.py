@@ -24,11 +24,12 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn
+from typing import Any, Generic, NoReturn, TypeGuard
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.cron import CronJob, cron
 from arq.worker import Function, Retry, Worker, func
+from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
 from fleet import coalesce, metrics, serializer
@@ -36,7 +37,7 @@ from fleet.client import FleetClient
 from fleet.connections import worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobError, JobFailedError, PermanentError, RegistryError, TransientError
-from fleet.health import Heartbeat, ReplicaStats, count_finished
+from fleet.health import Heartbeat, Outage, ReplicaStats, count_finished
 from fleet.logging import get_logger
 from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
 from fleet.settings import Settings
@@ -55,6 +56,13 @@ Hook = Callable[[Context], Awaitable[None]]
 
 QUARANTINE = "fleet:quarantine"
 """The function every unacceptable payload is rerouted to, so it is dead-lettered, never run."""
+MAX_JOB_TRY = 1000
+"""arq's own try bound, kept out of reach of MAX_TRIES (arq would fail a job past it with no
+dead letter); a planted envelope naming a higher try is refused."""
+MAX_ENQUEUE_AHEAD_MS = 366 * 24 * 3600 * 1000
+"""An envelope's enqueue time may lie at most this far in the future (clock skew, not 1e300)."""
+TRACEBACK_CHARS = 8192
+"""A traceback in a job event (DEBUG only) is cut here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +104,12 @@ def image_fields(data: Any) -> dict[str, Any]:
 
 
 def job_fields(ctx: Context, job: str, data: Any) -> dict[str, Any]:
-    """What every job event carries: which job, where, which try, which image(s)."""
+    """What every job event carries: which job, where, which try, which image(s). Names come
+    from payloads, so their control characters are escaped."""
     fields: dict[str, Any] = {
-        "job": job,
+        "job": serializer.printable(job),
         "queue": ctx["queue"].value,
-        "job_id": ctx["job_id"],
+        "job_id": serializer.printable(ctx["job_id"]),
         "try": int(ctx.get("job_try", 1)),
         **image_fields(data),
     }
@@ -110,10 +119,14 @@ def job_fields(ctx: Context, job: str, data: Any) -> dict[str, Any]:
 
 
 def error_fields(kind: str, message: str, cause: BaseException | None = None) -> dict[str, Any]:
-    """``error_type`` and ``error`` (cut at ERROR_CHARS); the traceback only at DEBUG."""
-    fields: dict[str, Any] = {"error_type": kind, "error": message[:ERROR_CHARS]}
+    """``error_type`` and ``error`` (cut at ERROR_CHARS, control characters escaped); the
+    traceback only at DEBUG."""
+    fields: dict[str, Any] = {
+        "error_type": serializer.printable(kind[:ERROR_CHARS]),
+        "error": serializer.printable(message[:ERROR_CHARS]),
+    }
     if cause is not None and logging.getLogger("fleet.worker").isEnabledFor(logging.DEBUG):
-        fields["traceback"] = "".join(traceback.format_exception(cause))
+        fields["traceback"] = serializer.cut("".join(traceback.format_exception(cause)), TRACEBACK_CHARS)
     return fields
 
 
@@ -133,13 +146,14 @@ async def dead_letter(
     dead-letters each image that failed for good, and finishes the rest; its event names that
     image (``args`` holds the one-image payload)."""
     settings: Settings = ctx["settings"]
-    letters = DeadLetters(ctx["redis"], settings.namespace, settings.dead_letter_ttl_s)
+    letters = DeadLetters.of(ctx["redis"], settings)
+    message = serializer.cut(message)
     letter = DeadLetter(
         job_id=letter_id or ctx["job_id"],
         queue=ctx["queue"].value,
-        function=function,
+        function=serializer.cut(function, ERROR_CHARS),
         args=args,
-        error_type=kind,
+        error_type=serializer.cut(kind, ERROR_CHARS),
         message=message,
         tries=int(ctx.get("job_try", 1)),
         failed_at=time.time(),
@@ -215,18 +229,46 @@ def _adapt(
     run_job.__qualname__ = run_job.__name__ = spec.name
     # arq would fail a job past its own max_tries without us: keep that bound out of reach,
     # and its timeout behind ours (an arq timeout fails a job for good).
-    return func(run_job, name=spec.name, max_tries=1000, timeout=timeout_s + 10)
+    return func(run_job, name=spec.name, max_tries=MAX_JOB_TRY, timeout=timeout_s + 10)
+
+
+_REDIS_NEVER = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+    redis_errors.MaxConnectionsError,
+)
+"""Connection errors retrying cannot cure: a wrong password or ACL, a pool too small."""
+_REDIS_TRANSIENT = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError (a replica loading its data)
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # a replica that was the primary before a failover
+    redis_errors.ClusterDownError,  # includes MasterDownError
+    redis_errors.TryAgainError,
+    redis_errors.AskError,  # includes MovedError: slots moving during a failover
+    redis_errors.OutOfMemoryError,  # maxmemory: eviction or a drained queue frees room
+    redis_errors.WatchError,
+)
+"""Redis errors that may succeed when tried again; every other one (WRONGTYPE, NOSCRIPT, a
+wrong password, a bad argument) never will."""
 
 
 def classify(exc: BaseException) -> JobError:
     """How an exception out of job code ends the job: a :class:`JobError` says so itself;
-    Redis or a connection gone mid-job is transient; anything else is a permanent,
-    unexpected failure (dead-lettered with its class and message, never swallowed)."""
+    Redis or a connection gone mid-job is transient; a Redis error retrying cannot cure, and
+    anything else, is a permanent failure (dead-lettered with its class and message, never
+    swallowed). Messages are cut at MAX_MESSAGE_CHARS."""
     if isinstance(exc, JobError):
+        if len(str(exc)) > serializer.MAX_MESSAGE_CHARS:  # it travels on in arq's log of the failure
+            exc.args = (serializer.cut(str(exc)),)
         return exc
-    if isinstance(exc, RedisError | ConnectionError):  # Redis or another service away mid-job
-        return TransientError(f"{type(exc).__name__}: {exc}", kind="ServiceUnavailable")
-    return PermanentError(f"{type(exc).__name__}: {exc}", kind=f"Unexpected{type(exc).__name__}")
+    message = serializer.cut(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, _REDIS_NEVER):
+        return PermanentError(message, kind="RedisRefused")
+    if isinstance(exc, (*_REDIS_TRANSIENT, ConnectionError)):  # Redis or another service away mid-job
+        return TransientError(message, kind="ServiceUnavailable")
+    if isinstance(exc, RedisError):
+        return PermanentError(message, kind="RedisRefused")
+    return PermanentError(message, kind=f"Unexpected{type(exc).__name__}")
 
 
 async def end_in_failure(ctx: Context, job: str, args: list[Any], failure: JobError) -> NoReturn:
@@ -278,7 +320,7 @@ def fleet_cron(
         run_cron,
         name=f"{settings.namespace}:{name}",
         unique=True,
-        max_tries=1000,
+        max_tries=MAX_JOB_TRY,
         keep_result=max(settings.keep_result_s, 2 * period_s),
         **schedule,
     )
@@ -288,22 +330,55 @@ async def _quarantine(ctx: Context, problem: dict[str, Any]) -> None:
     raise await dead_letter(ctx, str(problem["function"]), [problem["raw"]], "InvalidJob", problem["reason"])
 
 
-def quarantining_deserializer(known: set[str]) -> Callable[[bytes], dict[str, Any]]:
-    """arq's job deserializer, rerouting payloads no handler accepts to the quarantine job."""
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def envelope_problem(job: dict[str, Any], arity: dict[str, int], now_ms: int) -> str | None:
+    """Why arq must not be handed this job document (None if it may): every field arq reads
+    is checked here, because a wrong type in any of them raises inside arq, outside any job,
+    and would end the worker (``f`` function, ``a`` args, ``k`` kwargs, ``t`` try, ``et``
+    enqueue time in ms)."""
+    function = job.get("f")
+    if not isinstance(function, str) or function not in arity:
+        return f"no function {function!r} on this queue"
+    args, kwargs, job_try, enqueued = job.get("a"), job.get("k", ...), job.get("t", ...), job.get("et")
+    if not isinstance(args, list):
+        return "arguments are not a list"
+    if len(args) > arity[function]:
+        return f"{function} takes {arity[function]} argument(s), got {len(args)}"
+    if kwargs != {}:
+        return "fleet jobs take no keyword arguments: 'k' must be an empty object"
+    if job_try is ... or not (job_try is None or (_is_int(job_try) and 0 <= job_try <= MAX_JOB_TRY)):
+        return f"the try number must be empty or an integer from 0 to {MAX_JOB_TRY}"
+    if not (_is_int(enqueued) and 0 <= enqueued <= now_ms + MAX_ENQUEUE_AHEAD_MS):
+        return "the enqueue time must be an integer of milliseconds, not in the far future"
+    return serializer.payload_problem(args, raw_size=0)  # the document's size is checked first
+
+
+def quarantining_deserializer(arity: dict[str, int]) -> Callable[[bytes], dict[str, Any]]:
+    """arq's job deserializer, rerouting payloads no handler accepts to the quarantine job.
+
+    ``arity``: the most positional arguments each function of the queue takes (jobs one,
+    crons none); the quarantine job itself is never accepted from Redis."""
 
     def deserialize(raw: bytes) -> dict[str, Any]:
-        try:
-            job = serializer.deserialize(raw)
-            reason = None if job.get("f") in known else f"no function {job.get('f')!r} on this queue"
-            function = job.get("f")
-            if reason is None and not isinstance(job.get("a"), list | tuple):
-                reason = "arguments are not a list"
-        except (ValueError, UnicodeDecodeError) as exc:
-            reason, function = f"not a JSON job: {exc}", None
+        now_ms = int(time.time() * 1000)
+        function: Any = None
+        if len(raw) > serializer.MAX_PAYLOAD_BYTES:
+            reason: str | None = serializer.payload_problem(None, raw_size=len(raw))
+        else:
+            try:
+                job = serializer.deserialize(raw)
+                function = job.get("f")
+                reason = envelope_problem(job, arity, now_ms)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                reason = f"not a JSON job: {exc}"
         if reason is None:
             return job
-        problem = {"function": function, "raw": raw[:2000].decode(errors="replace"), "reason": reason}
-        return {"f": QUARANTINE, "a": [problem], "k": {}, "t": None, "et": int(time.time() * 1000)}
+        shown = function if isinstance(function, str) else repr(function)
+        problem = {"function": shown[:200], "raw": raw[:2000].decode(errors="replace"), "reason": reason}
+        return {"f": QUARANTINE, "a": [problem], "k": {}, "t": None, "et": now_ms}
 
     return deserialize
 
@@ -341,16 +416,19 @@ class LockKeeper:
                 await self._task
 
     async def _renew(self, ctx: Context) -> None:
+        outage = Outage("job_locks")
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)
             if self.running:
                 try:
                     async with ctx["redis"].pipeline(transaction=False) as pipe:
-                        for job_id in self.running:
+                        for job_id in list(self.running):
                             pipe.pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
                         await pipe.execute()
-                except OSError as exc:  # Redis briefly away: the next round tries again
-                    log.warning("job_locks_not_renewed", error_type=type(exc).__name__, error=str(exc))
+                except (RedisError, OSError) as exc:  # Redis away, however long: the next round tries again
+                    outage.failed(exc)
+                else:
+                    outage.ended()
 
 
 def build_worker(
@@ -402,16 +480,15 @@ def build_worker(
 
     name = queue_key(settings.namespace, queue)
     functions = [_adapt(h, settings, job_timeout_s, locks, stats) for h in handlers]
-    functions.append(func(_quarantine, name=QUARANTINE, max_tries=1000))
+    arity = {f.name: 1 for f in functions} | {c.name: 0 for c in cron_jobs}
+    functions.append(func(_quarantine, name=QUARANTINE, max_tries=MAX_JOB_TRY))
     return {
         "functions": functions,
         "queue_name": name,
         "health_check_key": f"{name}:health-check",
         "redis_settings": worker_redis_settings(settings),
         "job_serializer": serializer.serialize,
-        "job_deserializer": quarantining_deserializer(
-            {f.name for f in functions} | {c.name for c in cron_jobs}
-        ),
+        "job_deserializer": quarantining_deserializer(arity),
         "cron_jobs": list(cron_jobs),
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -419,7 +496,7 @@ def build_worker(
         "poll_delay": settings.poll_delay_s,
         "job_timeout": job_timeout_s + 10,
         "keep_result": settings.keep_result_s,
-        "max_tries": 1000,
+        "max_tries": MAX_JOB_TRY,
         "health_check_interval": 10,
         "job_completion_wait": settings.drain_grace_s,
         "ctx": {"lock_ttl_s": settings.lock_ttl_s},
@@ -441,6 +518,37 @@ class FleetWorker(Worker):
         except (RedisError, OSError) as exc:
             log.warning("redis_unavailable_polling", error_type=type(exc).__name__, error=str(exc))
             await asyncio.sleep(1.0)
+        except Exception as exc:  # noqa: BLE001 - one job's start must never end the worker
+            log.error(
+                "poll_failed", error_type=type(exc).__name__, error=serializer.cut(str(exc), ERROR_CHARS)
+            )
+            await asyncio.sleep(1.0)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's start of one job, around which no error of that job can end the worker: a
+        job whose key expired before it ran is dead-lettered, and one arq cannot start
+        (whatever got past the envelope checks) is dead-lettered and taken off the queue."""
+        try:
+            if not await self.pool.exists(job_key_prefix + job_id):
+                await self._dead_letter_unrunnable(job_id, "JobExpired", _expired_message(score))
+            await super().run_job(job_id, score)
+        except (RedisError, OSError):
+            raise  # Redis away: the job keeps its short lock and runs again (see _poll_iteration)
+        except Exception as exc:  # noqa: BLE001 - dead-lettered below, never swallowed
+            message = f"arq could not run it: {type(exc).__name__}: {exc}"
+            await self._dead_letter_unrunnable(job_id, "UnrunnableJob", message)
+            await self.finish_failed_job(job_id, None)
+
+    async def _dead_letter_unrunnable(self, job_id: str, kind: str, message: str) -> None:
+        raw = await self.pool.get(job_key_prefix + job_id)
+        args = [raw[:2000].decode(errors="replace")] if raw else []
+        ctx = {**self.ctx, "job_id": job_id, "job_try": 1}
+        await dead_letter(ctx, f"({kind})", args, kind, message)
+
+
+def _expired_message(score: int) -> str:
+    due = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(score / 1000))
+    return f"expired before it ran (due {due} UTC; its job key is gone, the payload with it)"
 
 
 def make_worker(worker_kwargs: dict[str, Any], **overrides: Any) -> Worker:
