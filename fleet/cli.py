@@ -20,7 +20,7 @@ from fleet.client import FleetClient, redis_url_shown
 from fleet.errors import FleetError
 from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
 from fleet.serializer import printable
-from fleet.services import embedded_defaults, redis_record, with_sqlite_default
+from fleet.services import embedded_defaults, redis_record, with_redis_default, with_sqlite_default
 from fleet.settings import Settings, SettingsError, get_settings, load_env_file, redact_url
 
 if TYPE_CHECKING:
@@ -368,6 +368,21 @@ async def _cron(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    """The operators' page; imported here, so `fleet health` never loads Starlette."""
+    from fleet import web
+
+    try:
+        settings = with_redis_default(get_settings())
+    except FleetError as exc:
+        print(f"fleet web: {exc}", file=sys.stderr)
+        return 2
+    mode = "actions need WEB_TOKEN" if settings.web_token else "read-only: no WEB_TOKEN"
+    where = f"http://{settings.web_host}:{settings.web_port}/"
+    print(f"fleet web: {where} ({mode}); Redis {redis_url_shown(settings)}", file=sys.stderr)
+    return web.serve(settings)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fleet.demo import main as demo_main
 
@@ -462,6 +477,11 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
     )
     cron.set_defaults(run=async_command("cron", _cron))
 
+    web = sub.add_parser(
+        "web", help="the operators' page: queues, replicas, bulk runs, dead letters (WEB_HOST:WEB_PORT)"
+    )
+    web.set_defaults(run=_cmd_web)
+
     demo = sub.add_parser("demo", help="render a generated sample archive end to end on embedded services")
     demo.add_argument("--images", type=int, default=200)
     demo.add_argument("--keep", action="store_true", help="keep the sample storage root and print its path")
@@ -499,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-CORE_COMMANDS = ("worker", "health", "status", "dead", "rethumb", "db", "cron", "demo")
+CORE_COMMANDS = ("worker", "health", "status", "dead", "rethumb", "db", "cron", "web", "demo")
 
 
 def _plugins_for(command: str | None) -> bool | str:

@@ -124,6 +124,14 @@ class Settings:
     """auto (JSON when stderr is not a terminal, as in a container), console or json."""
     log_level: str = "INFO"
 
+    # The operators' page (`fleet web`).
+    web_host: str = "127.0.0.1"
+    """Where `fleet web` listens; loopback by default, so only this host sees the page."""
+    web_port: int = 8400
+    web_token: str | None = None
+    """Unset: the page is read-only (no actions, every POST answers 403). Set: retry and purge
+    need it, typed once in the page and sent as ``Authorization: Bearer``. Never shown."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -302,6 +310,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "review_every_s": _cron_period,
     "review_quorum": _at_least(1),
     "metrics_port": _at_least(0, 65535),
+    "web_port": _at_least(1, 65535),
+    "web_host": lambda v: None if v.strip() else "a host name or address, e.g. 127.0.0.1 or 0.0.0.0",
     "log_format": _one_of("auto", "console", "json"),
     "log_level": lambda v: (
         None

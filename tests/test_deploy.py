@@ -149,7 +149,7 @@ def test_stop_grace_is_longer_than_the_drain(variant: str, service: str) -> None
 def test_compose_attaches_to_the_board(service: str) -> None:
     """The board's .env reaches the container whole; its storage folder, network and user are
     the board's; nothing of the board's is hard-coded here."""
-    assert set(BASE["services"]) == set(FLEET_SERVICES)
+    assert set(BASE["services"]) == {*FLEET_SERVICES, "web"}  # the operators' page: tests/test_web.py
     spec = service_spec("attach", service)
     assert spec["env_file"] == [{"path": "${BOARD_ENV_FILE:-../.env}", "required": True}]
     assert {"ARQ_REDIS_URL", "REDIS_URL", "DATABASE_URL", "IQDB_HOST", "IQDB_URL"}.isdisjoint(
@@ -172,7 +172,7 @@ def test_compose_attaches_to_the_board(service: str) -> None:
 
 def test_standalone_brings_every_service_and_points_the_workers_at_them() -> None:
     services = STANDALONE["services"]
-    assert set(services) == {*FLEET_SERVICES, "redis", "postgres", "iqdb", "prometheus"}
+    assert set(services) == {*FLEET_SERVICES, "web", "redis", "postgres", "iqdb", "prometheus", "grafana"}
     assert "appendonly" in " ".join(services["redis"]["command"]) and "healthcheck" in services["redis"]
     assert services["postgres"]["image"] == "postgres:18"
     assert (
