@@ -56,6 +56,8 @@ class ReplicaStats:
     retried: int = 0
     dead_lettered: int = 0
     running: set[str] = field(default_factory=set)
+    pool_size: int | None = None
+    """Render processes behind the replica (img workers only)."""
     problem: str | None = None
     """Set while the replica cannot do its work (e.g. its database is unreachable): it still
     beats, but health checks call it unhealthy and say why."""
@@ -216,6 +218,8 @@ class Heartbeat:
             "dead_lettered": self.stats.dead_lettered,
             "running": len(self.stats.running),
             "problem": self.stats.problem,
+            "pool_size": self.stats.pool_size,
+            "rss_bytes": _rss_bytes(),
         }
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.replica: now})
@@ -232,6 +236,25 @@ class Heartbeat:
             else:
                 outage.ended()
             await asyncio.sleep(self.settings.health_interval_s / 2)  # one missed beat is tolerated
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory (the render processes have their own)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+async def beats(
+    redis: ArqRedis, settings: Settings, queue: Queue, replicas: list[str]
+) -> list[dict[str, Any]]:
+    """What each of ``replicas`` last beat (its counters, problem, pool size, RSS); {} if none."""
+    if not replicas:
+        return []
+    infos = await redis.hmget(f"{_replicas_key(settings.namespace, queue)}:info", replicas)  # type: ignore[misc]
+    return [json.loads(raw) if raw else {} for raw in infos]
 
 
 async def count_finished(redis: ArqRedis, namespace: str, queue: Queue) -> None:

@@ -36,6 +36,7 @@ class SharedPool:
             await self._start()
         self.users += 1
         ctx["backend"] = self.backend
+        ctx["stats"].pool_size = self.backend.size if self.backend else None  # beaten with the heartbeat
         ctx["settings_since"] = await settings_since(ctx["redis"], self.settings)
 
     async def _start(self) -> None:

@@ -161,7 +161,7 @@ async def test_page_headers_forbid_inline_script_and_framing(settings: Settings)
 async def test_state_shows_replicas_and_bulk_runs_with_progress_and_eta(
     settings: Settings, client: FleetClient
 ) -> None:
-    beat = health.Heartbeat(settings, Queue.IMG, health.ReplicaStats(succeeded=5))
+    beat = health.Heartbeat(settings, Queue.IMG, health.ReplicaStats(succeeded=5, pool_size=3))
     beat.replica = "host-a:1"
     await beat.beat(client.redis)
     run = f"{settings.namespace}:rethumb:run1"
@@ -176,6 +176,7 @@ async def test_state_shows_replicas_and_bulk_runs_with_progress_and_eta(
     (replica,) = state["replicas"]
     assert replica["replica"] == "host-a:1" and replica["live"] and replica["succeeded"] == 5
     assert 0 <= replica["beat_age_s"] < settings.health_interval_s
+    assert replica["pool_size"] == 3 and replica["rss_bytes"] > 10_000_000  # this test process
     (shown,) = state["runs"]
     assert shown["run_id"] == "run1" and shown["done"] == 200 and not shown["finished"]
     assert 1.9 < shown["images_per_s"] <= 2.0  # 200 in a bit over 100 s

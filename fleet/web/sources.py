@@ -7,7 +7,6 @@ and nowhere else. Everything returned is plain JSON-able data; nothing here know
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from typing import Any
@@ -37,11 +36,8 @@ async def replicas(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for queue in Queue:
         checked = await health.check(redis, settings, queue)
-        key = health._replicas_key(settings.namespace, queue)  # no public reader of the beats yet
         names = [*checked.live, *checked.stale]
-        infos = await redis.hmget(f"{key}:info", names) if names else []  # type: ignore[misc]
-        for name, raw in zip(names, infos, strict=True):
-            info = json.loads(raw) if raw else {}
+        for name, info in zip(names, await health.beats(redis, settings, queue, names), strict=True):
             found.append(
                 {
                     "queue": queue.value,
@@ -54,7 +50,7 @@ async def replicas(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]:
                     "retried": info.get("retried"),
                     "dead_lettered": info.get("dead_lettered"),
                     "problem": info.get("problem"),
-                    "pool_size": info.get("pool_size"),  # not beaten yet: shown as unknown
+                    "pool_size": info.get("pool_size"),
                     "rss_bytes": info.get("rss_bytes"),
                 }
             )
