@@ -6,6 +6,7 @@ patient (a Redis restart must not kill a worker fleet): same URL, two retry poli
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import parse_qs, urlparse
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -23,7 +24,8 @@ _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 def redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings for a client.
 
-    ``rediss://`` means TLS; ``?ssl_ca_certs=/path`` (and ``ssl_certfile``, ``ssl_keyfile``,
+    ``rediss://`` means TLS, the certificate verified and its name checked against the host;
+    ``?ssl_ca_certs=/path`` (and ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured."""
     url = settings.redis_url or DEFAULT_REDIS_URL
     rs = RedisSettings.from_dsn(url)
@@ -31,6 +33,8 @@ def redis_settings(settings: Settings) -> RedisSettings:
     for option in _TLS_OPTIONS:
         if option in query:
             setattr(rs, option, query[option][0])
+    # arq leaves hostname checking off: a certificate for another name would be accepted.
+    rs.ssl_check_hostname = rs.ssl and rs.ssl_cert_reqs in ("required", ssl.CERT_REQUIRED)
     rs.conn_timeout = 2
     rs.conn_retries = 2
     rs.conn_retry_delay = 1
