@@ -34,7 +34,7 @@ from fleet.registry import (
     VariantFlags,
     queue_key,
 )
-from fleet.settings import Settings, get_settings
+from fleet.settings import Settings, get_settings, masked_url
 
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -137,11 +137,7 @@ class FleetClient:
 
 def _safe_url(settings: Settings) -> str:
     """The Redis URL without its password, for error messages."""
-    url = settings.redis_url or DEFAULT_REDIS_URL
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    return masked_url(settings.redis_url or DEFAULT_REDIS_URL)
 
 
 def lifespan(

@@ -15,7 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 from fleet import serializer
-from fleet.settings import Settings
+from fleet.settings import Settings, split_credentials
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
@@ -26,9 +26,11 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
     ``rediss://`` means TLS, the certificate verified and its name checked against the host;
     ``?ssl_ca_certs=/path`` (and ``ssl_certfile``, ``ssl_keyfile``,
-    ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured."""
-    url = settings.redis_url or DEFAULT_REDIS_URL
+    ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured, the password raw or
+    percent-encoded (see :func:`fleet.settings.split_credentials`)."""
+    url, username, password = split_credentials(settings.redis_url or DEFAULT_REDIS_URL)
     rs = RedisSettings.from_dsn(url)
+    rs.username, rs.password = username, password
     query = parse_qs(urlparse(url).query)
     for option in _TLS_OPTIONS:
         if option in query:

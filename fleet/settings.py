@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fleet.errors import FleetError
 
@@ -256,11 +256,38 @@ def _at_least(low: float, high: float | None = None) -> Callable[[Any], str | No
     return check
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its ``user:password@``, and the (percent-decoded) user and password.
+
+    The credentials end at the last ``@`` before the host, so a raw password holding ``#``,
+    ``/``, ``?`` or ``@`` is read whole instead of starting a fragment, path or query;
+    ``%23``-style escapes are decoded."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url, None, None
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{host}", unquote(user) or None, unquote(password) if colon else None
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any ``user:password@`` shown as ``***@``: the one way to print a URL."""
+    clean, user, password = split_credentials(url)
+    if user is None and password is None:
+        return url
+    scheme, _, host = clean.partition("://")
+    return f"{scheme}://***@{host}"
+
+
 def _url(*schemes: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v is None:
             return None
-        parts = urlsplit(v)
+        parts = urlsplit(split_credentials(v)[0])
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            return "a URL with a numeric port: scheme://[user:password@]host[:port]"
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
             return "a URL starting " + " or ".join(f"{s}://" for s in schemes)
         return None
@@ -338,10 +365,7 @@ def _check(name: str, value: Any) -> Any:
 def _shown(name: str, value: Any) -> str:
     """The value for an error line, with any password in a URL masked."""
     text = str(value)
-    if name.endswith("_url") and "@" in text and "://" in text:
-        scheme, rest = text.split("://", 1)
-        text = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return repr(text)
+    return repr(masked_url(text) if name.endswith("_url") else text)
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:
@@ -387,4 +411,12 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
-__all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_env_file"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "env_names",
+    "get_settings",
+    "load_env_file",
+    "masked_url",
+    "split_credentials",
+]

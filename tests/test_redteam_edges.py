@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -166,3 +169,28 @@ async def test_resuming_a_folder_run_after_the_folder_changed_is_refused(
     assert len(keys) >= 3  # two runs: their hashes and bitmap blocks
     for key in keys:  # every run key expires, refreshed while the run is active
         assert 0 < await client.redis.ttl(key) <= settings.bulk_run_ttl_s, key
+
+
+# --- 11: a password with #, / or ? works raw or percent-encoded, and is never printed -------------
+
+
+def fleet_status(url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": url, "ARQ_REDIS_URL": "", "NAMESPACE": "pw", "METRICS_PORT": "0"}
+    command = [sys.executable, "-m", "fleet", "status"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_password_with_url_characters_works_and_is_never_printed() -> None:
+    password = "p#ss/w?rd"
+    with EmbeddedRedis(extra_args=["--requirepass", password]) as server:
+        where = f"127.0.0.1:{server.port}/0"
+        for url in (f"redis://:{password}@{where}", f"redis://:{quote(password, safe='')}@{where}"):
+            ok = fleet_status(url)
+            assert ok.returncode == 0, ok.stderr
+            assert "img" in ok.stdout
+        wrong = fleet_status(f"redis://:n0t#th3/r?ght@{where}")
+    said = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 and "Traceback" not in said, said
+    assert f"redis://***@{where}" in said, said
+    for part in ("n0t", "th3", "r?ght", "ght"):
+        assert part not in said, said
