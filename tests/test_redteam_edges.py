@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -22,13 +23,15 @@ import fleet.bulk
 from fleet.bulk import BulkRun, Selection, WorkList, _pages, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
-from fleet.errors import FleetError
+from fleet.errors import FleetError, PermanentError, TransientError
 from fleet.registry import RENDER_BATCH, RenderBatch
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
+from ratingworker.iqdb import IqdbClient
 from tests import images
 from tests.conftest import running_worker
+from tests.iqdb_server import Answer, IqdbServer
 
 
 async def wait_until(condition: Any, timeout_s: float = 60, what: str = "condition") -> None:
@@ -194,3 +197,50 @@ def test_a_password_with_url_characters_works_and_is_never_printed() -> None:
     assert f"redis://***@{where}" in said, said
     for part in ("n0t", "th3", "r?ght", "ght"):
         assert part not in said, said
+
+
+# --- 12: IQDB answers are read within a cap, cut short in errors, and 3xx is not success ----------
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 100
+
+
+async def _add(iqdb: IqdbServer, *answers: Answer) -> PermanentError | TransientError | str:
+    iqdb.state.answer_next.extend(answers)
+    client = IqdbClient(iqdb.url, timeout_s=30)
+    try:
+        return await client.add(7, JPEG)
+    except (PermanentError, TransientError) as exc:
+        return exc
+    finally:
+        await client.aclose()
+
+
+async def test_a_huge_iqdb_error_is_cut_short() -> None:
+    with IqdbServer() as iqdb:
+        failed = await _add(iqdb, Answer(500, b'{"error": "' + b"E" * (20 << 20) + b'"}'))  # 20 MiB
+    assert isinstance(failed, TransientError) and len(str(failed)) < 400, str(failed)[:500]
+
+
+async def test_a_huge_iqdb_answer_is_not_read_whole() -> None:
+    with IqdbServer() as iqdb:
+        declared = Answer(200, b'{"hash": "' + b"a" * (1 << 20), repeat=100)
+        endless = Answer(200, b"a" * (1 << 20), repeat=100, declare_length=False)  # ends at close
+        too_big = [await _add(iqdb, answer) for answer in (declared, endless)]
+    for failed in too_big:
+        assert isinstance(failed, TransientError) and "over 65536 bytes" in str(failed), str(failed)[:500]
+    assert declared.sent < 32 << 20 and endless.sent < 32 << 20, (declared.sent, endless.sent)  # of 100 MiB
+
+
+async def test_an_iqdb_redirect_is_an_error_and_not_followed() -> None:
+    with IqdbServer() as iqdb:
+        moved = Answer(302, b'{"hash": "iqdb_moved"}', headers={"Location": f"{iqdb.url}/elsewhere"})
+        failed = await _add(iqdb, moved)
+        assert [r.path for r in iqdb.state.requests] == ["/images/7"]  # nothing followed
+    assert isinstance(failed, PermanentError) and "302" in str(failed), failed
+
+
+@pytest.mark.parametrize("digest", ["h" * 5000, "iqdb_\x00\x1b[31m", ""])
+async def test_an_implausible_iqdb_hash_is_refused(digest: str) -> None:
+    with IqdbServer() as iqdb:
+        failed = await _add(iqdb, Answer(200, json.dumps({"hash": digest}).encode()))
+    assert isinstance(failed, PermanentError) and "hash" in str(failed) and len(str(failed)) < 400, failed
