@@ -105,6 +105,9 @@ class Settings:
     a SIGKILLed worker's jobs run again elsewhere after about this long."""
     metrics_port: int = 9100
     """Prometheus /metrics of a worker process; 0 switches it off."""
+    metrics_host: str = "127.0.0.1"
+    """The address /metrics listens on: loopback by default; 0.0.0.0 where a Prometheus
+    scrapes from another host or container (compose sets it)."""
     health_interval_s: float = 5.0
     """A replica beats twice per interval; `fleet health` calls it stale after one interval
     without a beat."""

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,12 +21,14 @@ from urllib.parse import quote
 import pytest
 
 import fleet.bulk
+from fleet import db
 from fleet.bulk import BulkRun, Selection, WorkList, _pages, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import FleetError, PermanentError, TransientError
-from fleet.registry import RENDER_BATCH, RenderBatch
-from fleet.services import EmbeddedRedis
+from fleet.processes import wait_healthy
+from fleet.registry import RENDER_BATCH, Queue, RenderBatch
+from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from ratingworker.iqdb import IqdbClient
@@ -244,3 +247,43 @@ async def test_an_implausible_iqdb_hash_is_refused(digest: str) -> None:
     with IqdbServer() as iqdb:
         failed = await _add(iqdb, Answer(200, json.dumps({"hash": digest}).encode()))
     assert isinstance(failed, PermanentError) and "hash" in str(failed) and len(str(failed)) < 400, failed
+
+
+# --- 16: a worker's /metrics listens on loopback unless told otherwise ----------------------------
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+async def test_a_worker_serves_metrics_on_loopback_by_default(
+    settings: Settings, client: FleetClient, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = settings.replace(
+        metrics_port=port, database_url=f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
+    )
+    engine = db.create_engine(settings)
+    await db.create_schema(engine)
+    await engine.dispose()
+    env = {**os.environ, **settings.as_env()}
+    env.pop("METRICS_HOST")  # the default, as an operator who never heard of it has it
+    worker = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "db"], env=env)
+    try:
+        await wait_healthy(client, Queue.DB)
+
+        async def listening() -> bool:
+            return bool(listening_addresses(port))
+
+        await wait_until(listening, what="/metrics to listen")
+        assert listening_addresses(port) == {"127.0.0.1"}
+    finally:
+        worker.terminate()
+        worker.wait(30)
