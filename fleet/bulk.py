@@ -11,8 +11,11 @@ twice, none is skipped. Workers record each image's outcome once in a per-run bi
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import json
+import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,18 +32,26 @@ from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db, serializer
-from fleet.errors import FleetError
-from fleet.registry import RENDER_BATCH, RenderBatch, queue_key
+from fleet.errors import FleetError, InvalidPayloadError
+from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, RenderBatch, queue_key
 from fleet.settings import Settings
 
 OUTCOMES = ("rendered", "skipped", "failed")
 
+BLOCK_BITS = 20
+"""Each run's done-bitmap is split into blocks of 2^20 ids (128 KiB each), so a sparse or hostile
+id costs one block, not a bitmap as long as the id."""
+
 _RECORD = """
+local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl_s')) or tonumber(ARGV[3])
+local counted = 0
 if redis.call('SETBIT', KEYS[1], ARGV[1], 1) == 0 then
     redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-    return 1
+    counted = 1
 end
-return 0
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return counted
 """
 
 _REOPEN = """
@@ -70,43 +81,74 @@ async def settings_since(redis: ArqRedis, settings: Settings) -> float:
 
 
 class BulkRun:
-    """A run's state in Redis: a hash of counters and cursor, and a bitmap of finished ids."""
+    """A run's state in Redis: a hash of counters and cursor, and a bitmap of finished ids in
+    blocks (``…:done:{block}``). Every key expires ``ttl_s`` after the run's last activity;
+    the feeder stores its BULK_RUN_TTL_S in the hash, so workers refresh with the same."""
 
-    def __init__(self, redis: ArqRedis, namespace: str, run_id: str) -> None:
+    def __init__(self, redis: ArqRedis, namespace: str, run_id: str, ttl_s: int | None = None) -> None:
+        if not _RUN_ID.fullmatch(run_id):
+            raise InvalidPayloadError(f"bulk run id must be 1 to 40 hex digits, got {run_id[:50]!r}")
         self.redis = redis
         self.run_id = run_id
+        self.ttl_s = ttl_s or Settings().bulk_run_ttl_s
         self.key = f"{namespace}:rethumb:{run_id}"
-        self.done_key = f"{self.key}:done"
+
+    def done_key(self, image_id: int) -> str:
+        """The bitmap block holding ``image_id``'s bit (its offset is the low BLOCK_BITS bits)."""
+        if not 0 <= image_id <= MAX_IMAGE_ID:
+            raise InvalidPayloadError(f"image id {image_id} is outside 0..{MAX_IMAGE_ID}")
+        return f"{self.key}:done:{image_id >> BLOCK_BITS}"
 
     async def state(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.key)  # type: ignore[misc]  # redis-py types: sync|async
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    async def save(self, mapping: dict[str, Any]) -> None:
+        """Write fields of the run's hash and push its expiry back (it is active)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key, mapping={**mapping, "ttl_s": self.ttl_s})
+            pipe.expire(self.key, self.ttl_s)
+            await pipe.execute()
+
     async def unfinished(self, image_ids: list[int]) -> set[int]:
         """The ids among ``image_ids`` with no outcome recorded yet (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for image_id in image_ids:
-                pipe.getbit(self.done_key, image_id)
+                pipe.getbit(self.done_key(image_id), _offset(image_id))
             bits = await pipe.execute()
         return {image_id for image_id, bit in zip(image_ids, bits, strict=True) if not bit}
 
     async def record(self, image_id: int, outcome: str) -> bool:
         """Count ``outcome`` for ``image_id`` unless it already has one; True if counted."""
-        counted = await self.redis.eval(_RECORD, 2, self.done_key, self.key, str(image_id), outcome)  # type: ignore[misc]
+        keys = (self.done_key(image_id), self.key)
+        counted = await self.redis.eval(_RECORD, 2, *keys, str(_offset(image_id)), outcome, str(self.ttl_s))  # type: ignore[misc]
         return bool(counted)
 
     async def reopen(self, image_id: int, outcome: str = "failed") -> bool:
         """Forget ``image_id``'s recorded ``outcome``, so a batch naming it renders it again
         (``fleet dead retry`` of a bulk image); True if it had one."""
-        reopened = await self.redis.eval(_REOPEN, 2, self.done_key, self.key, str(image_id), outcome)  # type: ignore[misc]
+        keys = (self.done_key(image_id), self.key)
+        reopened = await self.redis.eval(_REOPEN, 2, *keys, str(_offset(image_id)), outcome)  # type: ignore[misc]
         return bool(reopened)
 
     async def processed(self) -> int:
         values = await self.redis.hmget(self.key, list(OUTCOMES))  # type: ignore[misc]
         return sum(int(v or 0) for v in values)
 
+    async def keys(self) -> list[str]:
+        """Every key of this run (the hash and each bitmap block)."""
+        blocks = [k.decode() async for k in self.redis.scan_iter(match=f"{self.key}:done*", count=1000)]
+        return [self.key, *blocks]
+
     async def delete(self) -> None:
-        await self.redis.delete(self.key, self.done_key)
+        await self.redis.delete(*await self.keys())
+
+
+_RUN_ID = re.compile(r"[0-9a-f]{1,40}")
+
+
+def _offset(image_id: int) -> int:
+    return image_id & ((1 << BLOCK_BITS) - 1)
 
 
 # --- the work list ----------------------------------------------------------------------------
@@ -138,13 +180,39 @@ class Selection:
 Item = tuple[int, str, str]  # (image id or folder position, stored filename, ext)
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A folder's originals in name order, numbered by position, read in one pass."""
+
+    items: list[Item]
+    positions: list[int]
+    fingerprint: str
+    """A hash of every listed name and size: a resumed run checks the folder is unchanged."""
+
+
+def list_folder(folder: Path) -> Listing:
+    """One directory read and one stat per file: files with a suffix, dot-files left out."""
+    with os.scandir(folder) as entries:
+        files = sorted(
+            (e.name, e.stat().st_size) for e in entries if e.is_file() and not e.name.startswith(".")
+        )
+    items: list[Item] = []
+    digest = hashlib.sha1()
+    for position, (name, size) in enumerate(files, start=1):
+        path = Path(name)
+        if path.suffix:
+            items.append((position, path.stem, path.suffix.lstrip(".")))
+            digest.update(f"{name}\0{size}\n".encode(errors="surrogateescape"))
+    return Listing(items, [i for i, _, _ in items], digest.hexdigest()[:16])
+
+
 class WorkList:
     """The selection as a sequence ordered by id, read a batch at a time after a cursor."""
 
     def __init__(self, selection: Selection, engine: AsyncEngine | None) -> None:
         self.selection = selection
         self.engine = engine
-        self._listing: list[Item] | None = None
+        self._listing: Listing | None = None
 
     def _where(self) -> list[sa.ColumnElement[bool]]:
         c, s = db.images.c, self.selection
@@ -157,18 +225,20 @@ class WorkList:
             clauses.append(c.filename < (s.until + timedelta(days=1)).isoformat())
         return clauses
 
-    def _folder(self) -> list[Item]:
+    def _folder(self) -> Listing:
+        """The folder, listed once per run (each page is a slice of it, not a new scan)."""
         if self._listing is None:
             assert self.selection.from_dir is not None
-            files = sorted(
-                p for p in self.selection.from_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-            )
-            self._listing = [(i + 1, p.stem, p.suffix.lstrip(".")) for i, p in enumerate(files) if p.suffix]
+            self._listing = list_folder(self.selection.from_dir)
         return self._listing
+
+    def fingerprint(self) -> str | None:
+        """What the run's work list was made of, where it can change under a run (a folder)."""
+        return self._folder().fingerprint if self.selection.from_dir is not None else None
 
     async def count(self) -> int:
         if self.selection.from_dir is not None:
-            return len(self._folder())
+            return len(self._folder().items)
         assert self.engine is not None
         async with self.engine.connect() as conn:
             query = sa.select(sa.func.count()).select_from(db.images).where(*self._where())
@@ -176,7 +246,9 @@ class WorkList:
 
     async def after(self, cursor: int, limit: int) -> list[Item]:
         if self.selection.from_dir is not None:
-            return [item for item in self._folder() if item[0] > cursor][:limit]
+            listing = self._folder()
+            start = bisect.bisect_right(listing.positions, cursor)
+            return listing.items[start : start + limit]
         assert self.engine is not None
         c = db.images.c
         query = (
@@ -235,6 +307,7 @@ async def _enqueue_batches(
             pipe.zadd(queue, {job_id: now})
         pipe.hset(run.key, "cursor", str(batches[-1].image_ids[-1]))
         pipe.hincrby(run.key, "fed", sum(len(b.image_ids) for b in batches))
+        pipe.expire(run.key, run.ttl_s)
         await pipe.execute()
 
 
@@ -254,11 +327,13 @@ async def rethumb(
 
     ``force`` starts the run over and renders everything, current outputs included."""
     work = WorkList(selection, engine)
-    run = BulkRun(redis, settings.namespace, selection.run_id(settings))
+    run = BulkRun(redis, settings.namespace, selection.run_id(settings), settings.bulk_run_ttl_s)
     mode = "all" if force else selection.mode
     state = await run.state()
     if dry_run:
         return Summary(run.run_id, total=await work.count(), dry_run=True)
+    if state and not force:
+        _check_unchanged(work, run, state)
     if state.get("finished") == "1" and not force:
         return _summary(run.run_id, state, already_finished=True)
     if state and state.get("finished") != "1" and not (resume or force):
@@ -268,8 +343,16 @@ async def rethumb(
     if force or not state:
         await run.delete()
         total = await work.count()
-        fresh = {"total": total, "cursor": 0, "fed": 0, "started_at": time.time(), "finished": 0}
-        await redis.hset(run.key, mapping={**fresh, **dict.fromkeys(OUTCOMES, 0)})  # type: ignore[misc]
+        fresh: dict[str, Any] = {
+            "total": total,
+            "cursor": 0,
+            "fed": 0,
+            "started_at": time.time(),
+            "finished": 0,
+        }
+        if (listing := work.fingerprint()) is not None:
+            fresh["listing"] = listing
+        await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
         state = await run.state()
     started = time.monotonic()
     total, cursor = int(state["total"]), int(state["cursor"])
@@ -311,12 +394,25 @@ async def rethumb(
     while (await report())[1] < total:
         await asyncio.sleep(poll_s)
     await report(final=True)
-    await redis.hset(run.key, mapping={"finished": 1, "finished_at": time.time()})  # type: ignore[misc]
+    await run.save({"finished": 1, "finished_at": time.time()})
     summary = _summary(run.run_id, await run.state())
     summary.seconds = round(time.monotonic() - started, 3)
     done_now = summary.rendered + summary.skipped + summary.failed - counts_at_start
     summary.images_per_s = round(done_now / summary.seconds, 2) if summary.seconds else 0.0
     return summary
+
+
+def _check_unchanged(work: WorkList, run: BulkRun, state: dict[str, str]) -> None:
+    """Refuse to go on with a folder run whose folder changed: its positions no longer name
+    the same files, and a new file would be skipped while the run reports success."""
+    listing = work.fingerprint()
+    if listing is None or state.get("listing") == listing:
+        return
+    raise FleetError(
+        f"{work.selection.from_dir} changed since run {run.run_id} started (files added, removed or "
+        f"resized; {state.get('total', '?')} then, {len(work._folder().items)} now): pass --force to "
+        "start this run over, or --missing for a new run that renders only what has no outputs"
+    )
 
 
 PAGE_BATCHES = 32

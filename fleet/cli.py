@@ -21,7 +21,7 @@ from fleet.errors import FleetError
 from fleet.registry import CRON_JOBS, CRON_RUNNER, WORKERS, Queue
 from fleet.serializer import printable
 from fleet.services import embedded_defaults, redis_record, with_redis_default, with_sqlite_default
-from fleet.settings import Settings, SettingsError, get_settings, load_env_file, redact_url
+from fleet.settings import Settings, SettingsError, get_settings, load_env_file, masked_url
 
 if TYPE_CHECKING:
     from fleet.deadletters import DeadLetters
@@ -326,7 +326,7 @@ def _database_problem(exc: BaseException) -> str | None:
 
     failure = classify_db_error(exc)
     settings = get_settings()
-    where = redact_url(settings.database_url or f"SQLite under {settings.storage_path}")
+    where = masked_url(settings.database_url or f"SQLite under {settings.storage_path}")
     hint = ""
     if failure.kind == "DatabaseSchemaError":
         hint = " (the embedded SQLite: `fleet db init` makes its tables; a board: check DATABASE_URL)"
@@ -341,7 +341,7 @@ async def _db(args: argparse.Namespace) -> int:
     url = settings.database_url or ""
     if not url.startswith("sqlite"):
         print(
-            f"fleet db init: DATABASE_URL={redact_url(url)} is not SQLite; a board's tables come from "
+            f"fleet db init: DATABASE_URL={masked_url(url)} is not SQLite; a board's tables come from "
             "its own migrations, and fleet only reads and updates them",
             file=sys.stderr,
         )

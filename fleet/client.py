@@ -35,7 +35,7 @@ from fleet.registry import (
     queue_key,
 )
 from fleet.services import with_redis_default
-from fleet.settings import Settings, get_settings, redact_url
+from fleet.settings import Settings, get_settings, masked_url
 
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -154,7 +154,7 @@ def _with_redis(settings: Settings) -> Settings:
 
 def redis_url_shown(settings: Settings) -> str:
     """The Redis URL without its password, for messages."""
-    return redact_url(settings.redis_url or DEFAULT_REDIS_URL)
+    return masked_url(settings.redis_url or DEFAULT_REDIS_URL)
 
 
 def _checked(spec: JobSpec[P], payload: P) -> dict[str, Any]:
@@ -163,15 +163,6 @@ def _checked(spec: JobSpec[P], payload: P) -> dict[str, Any]:
     if problem := serializer.payload_problem([data]):
         raise PayloadTooLargeError(f"{spec.name}: payload refused: {problem}")
     return data
-
-
-def _safe_url(settings: Settings) -> str:
-    """The Redis URL without its password, for error messages."""
-    url = settings.redis_url or DEFAULT_REDIS_URL
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 def lifespan(

@@ -6,6 +6,7 @@ patient (a Redis restart must not kill a worker fleet): same URL, two retry poli
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import parse_qs, urlparse
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -14,7 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 from fleet import serializer
-from fleet.settings import Settings
+from fleet.settings import Settings, split_credentials
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
@@ -23,14 +24,19 @@ _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 def redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings for a client.
 
-    ``rediss://`` means TLS; ``?ssl_ca_certs=/path`` (and ``ssl_certfile``, ``ssl_keyfile``,
-    ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured."""
-    url = settings.redis_url or DEFAULT_REDIS_URL
+    ``rediss://`` means TLS, the certificate verified and its name checked against the host;
+    ``?ssl_ca_certs=/path`` (and ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured, the password raw or
+    percent-encoded (see :func:`fleet.settings.split_credentials`)."""
+    url, username, password = split_credentials(settings.redis_url or DEFAULT_REDIS_URL)
     rs = RedisSettings.from_dsn(url)
+    rs.username, rs.password = username, password
     query = parse_qs(urlparse(url).query)
     for option in _TLS_OPTIONS:
         if option in query:
             setattr(rs, option, query[option][0])
+    # arq leaves hostname checking off: a certificate for another name would be accepted.
+    rs.ssl_check_hostname = rs.ssl and rs.ssl_cert_reqs in ("required", ssl.CERT_REQUIRED)
     rs.conn_timeout = 2
     rs.conn_retries = 2
     rs.conn_retry_delay = 1

@@ -54,20 +54,23 @@ POOL_BUSY = Gauge("fleet_render_pool_busy", "Render processes rendering now")
 _served_on: int | None = None
 
 
-def serve(port: int) -> None:
-    """Start the /metrics endpoint once per process (several workers may share a process)."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Start the /metrics endpoint once per process (several workers may share a process).
+
+    Loopback unless told otherwise (METRICS_HOST): the metrics name queues and job counts, and
+    a host's other interfaces may face the internet; compose sets 0.0.0.0 for its Prometheus."""
     global _served_on
     if port and _served_on is None:
         _served_on = port
         try:
-            start_http_server(port)
+            start_http_server(port, addr=host)
         except OSError as exc:  # never run on silently unscraped: the alerts would say nothing
             _served_on = None
             raise FleetError(
-                f"METRICS_PORT={port} cannot be served ({exc.strerror or exc}): another fleet worker "
-                "on this host has it? Give each worker process its own METRICS_PORT, or 0 for none"
+                f"METRICS_PORT={port} cannot be served on {host} ({exc.strerror or exc}): another fleet "
+                "worker on this host has it? Give each worker process its own METRICS_PORT, or 0 for none"
             ) from exc
-        log.info("metrics on :%d/metrics", port)
+        log.info("metrics on %s:%d/metrics", host, port)
 
 
 def track_pool(size: Callable[[], float], busy: Callable[[], float]) -> None:

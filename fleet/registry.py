@@ -78,7 +78,20 @@ class JobSpec(Generic[P]):
                     raise InvalidPayloadError(f"{self.name}: missing field {f.name!r}")
                 continue
             values[f.name] = _check(self.name, f.name, data[f.name], hints[f.name])
+        _check_ids(self.name, values)
         return self.payload(**values)
+
+
+MAX_IMAGE_ID = 2**31 - 1
+"""The board's ids are INT UNSIGNED, but real ones stay below 2^31: a larger id in a payload is
+hostile or a bug (one would make a bulk run's bitmap as long as the id)."""
+
+
+def _check_ids(job: str, values: dict[str, Any]) -> None:
+    """Image ids (``image_id``, ``image_ids``) must be within 0..MAX_IMAGE_ID."""
+    ids = [values["image_id"]] if "image_id" in values else list(values.get("image_ids", ()))
+    if bad := [i for i in ids if not 0 <= i <= MAX_IMAGE_ID]:
+        raise InvalidPayloadError(f"{job}: image id {bad[0]} is outside 0..{MAX_IMAGE_ID}")
 
 
 def _check(job: str, name: str, value: Any, hint: Any) -> Any:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fleet.errors import FleetError
 
@@ -74,6 +74,9 @@ class Settings:
     """The feeder keeps at most this many images queued, so Redis stays flat whatever the archive."""
     bulk_max_jobs: int = 2
     """Bulk jobs a worker runs at once (each renders a whole batch across the pool)."""
+    bulk_run_ttl_s: int = 30 * 24 * 3600
+    """A bulk run's keys in Redis (counters, cursor, done-bitmap) expire this long after the
+    run's last activity, so abandoned or planted runs do not stay forever."""
 
     # The light workers (IQDB and database).
     light_max_jobs: int = 20
@@ -108,6 +111,9 @@ class Settings:
     a SIGKILLed worker's jobs run again elsewhere after about this long."""
     metrics_port: int = 9100
     """Prometheus /metrics of a worker process; 0 switches it off."""
+    metrics_host: str = "127.0.0.1"
+    """The address /metrics listens on: loopback by default; 0.0.0.0 where a Prometheus
+    scrapes from another host or container (compose sets it)."""
     health_interval_s: float = 5.0
     """A replica beats twice per interval; `fleet health` calls it stale after one interval
     without a beat."""
@@ -267,11 +273,38 @@ def _at_least(low: float, high: float | None = None) -> Callable[[Any], str | No
     return check
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its ``user:password@``, and the (percent-decoded) user and password.
+
+    The credentials end at the last ``@`` before the host, so a raw password holding ``#``,
+    ``/``, ``?`` or ``@`` is read whole instead of starting a fragment, path or query;
+    ``%23``-style escapes are decoded."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url, None, None
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{host}", unquote(user) or None, unquote(password) if colon else None
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any ``user:password@`` shown as ``***@``: the one way to print a URL."""
+    clean, user, password = split_credentials(url)
+    if user is None and password is None:
+        return url
+    scheme, _, host = clean.partition("://")
+    return f"{scheme}://***@{host}"
+
+
 def _url(*schemes: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v is None:
             return None
-        parts = urlsplit(v)
+        parts = urlsplit(split_credentials(v)[0])
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            return "a URL with a numeric port: scheme://[user:password@]host[:port]"
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
             return "a URL starting " + " or ".join(f"{s}://" for s in schemes)
         return None
@@ -322,8 +355,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 _POSITIVE = {
     "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
     "render_recycle_after",
-    "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "light_max_jobs", "iqdb_timeout_s",
-    "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s", "dead_letter_max", "job_expiry_s",
+    "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "bulk_run_ttl_s", "light_max_jobs",
+    "iqdb_timeout_s", "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s", "dead_letter_max",
+    "job_expiry_s",
 }  # fmt: skip
 
 
@@ -349,15 +383,8 @@ def _check(name: str, value: Any) -> Any:
 
 def _shown(name: str, value: Any) -> str:
     """The value for an error line, with any password in a URL masked."""
-    return repr(redact_url(str(value)) if name.endswith("_url") else str(value))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its credentials masked: the one way fleet prints a URL it was given."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    text = str(value)
+    return repr(masked_url(text) if name.endswith("_url") else text)
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:
@@ -403,4 +430,12 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
-__all__ = ["Settings", "SettingsError", "env_names", "get_settings", "load_env_file", "redact_url"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "env_names",
+    "get_settings",
+    "load_env_file",
+    "masked_url",
+    "split_credentials",
+]

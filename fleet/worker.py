@@ -467,7 +467,7 @@ def build_worker(
         locks.start(ctx)
         if on_startup is not None:
             await on_startup(ctx)
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
         metrics.start_refreshing(ctx["redis"], settings)
         heartbeat.start(ctx["redis"])  # live only once it can serve
 

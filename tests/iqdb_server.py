@@ -8,7 +8,8 @@
 - errors as JSON ``{"error": code}`` with 400/404/500.
 
 It records every request (time, method, path, body) so tests can check what arrived, and
-can be told to fail the next requests with a status, to exercise retries.
+can be told to fail the next requests with a status, to exercise retries, or to answer them
+with a raw :class:`Answer` (a huge body, a redirect, a bad hash), as a broken IQDB would.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ class Request:
 
 
 @dataclass
+class Answer:
+    """A raw answer: ``chunk`` sent ``repeat`` times (a huge body costs the server nothing),
+    with a Content-Length unless ``declare_length`` is off (then the body ends at close)."""
+
+    status: int
+    chunk: bytes
+    repeat: int = 1
+    headers: dict[str, str] = field(default_factory=dict)
+    declare_length: bool = True
+    sent: int = 0
+    """Bytes of the body written before the client stopped reading."""
+
+
+@dataclass
 class IqdbState:
     images: dict[int, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
@@ -41,6 +56,8 @@ class IqdbState:
     """Answer POSTs this much later (a slow IQDB)."""
     fail_next: list[int] = field(default_factory=list)
     """Statuses to answer the next requests with, in order (e.g. [503, 503])."""
+    answer_next: list[Answer] = field(default_factory=list)
+    """Raw answers for the next requests, in order (after any ``fail_next``)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -79,7 +96,29 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.requests.append(Request(time.time(), self.command, self.path, file))
-            return state.fail_next.pop(0) if state.fail_next else None
+            if state.fail_next:
+                return state.fail_next.pop(0)
+            raw = state.answer_next.pop(0) if state.answer_next else None
+        if raw is not None:
+            self._send_raw(raw)
+            return -1  # answered
+        return None
+
+    def _send_raw(self, raw: Answer) -> None:
+        self.send_response(raw.status)
+        for name, value in {"Content-Type": "application/json", **raw.headers}.items():
+            self.send_header(name, value)
+        if raw.declare_length:
+            self.send_header("Content-Length", str(len(raw.chunk) * raw.repeat))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for _ in range(raw.repeat):
+                self.wfile.write(raw.chunk)
+                raw.sent += len(raw.chunk)
+        except OSError:  # the client hung up: it read what it wanted
+            pass
+        self.close_connection = True
 
     def _file(self) -> bytes | None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -100,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         file = self._file()
         forced = self._record(file)
         time.sleep(self.server.state.delay_s)
+        if forced == -1:
+            return None
         if forced:
             return self._send(forced, {"error": "forced_failure"})
         if url.path == "/query":
@@ -131,6 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         forced = self._record()
+        if forced == -1:
+            return None
         if forced:
             return self._send(forced, {"error": "forced_failure"})
         image_id = self._image_id()
@@ -142,6 +185,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         forced = self._record()
+        if forced == -1:
+            return None
         if forced:
             return self._send(forced, {"error": "forced_failure"})
         if urlparse(self.path).path == "/status":

@@ -175,9 +175,7 @@ def test_standalone_brings_every_service_and_points_the_workers_at_them() -> Non
     assert set(services) == {*FLEET_SERVICES, "web", "redis", "postgres", "iqdb", "prometheus", "grafana"}
     assert "appendonly" in " ".join(services["redis"]["command"]) and "healthcheck" in services["redis"]
     assert services["postgres"]["image"] == "postgres:18"
-    assert (
-        services["iqdb"]["image"].startswith("bobbobs/iqdb-rs") and "5588:5588" in services["iqdb"]["ports"]
-    )
+    assert services["iqdb"]["image"].startswith("bobbobs/iqdb-rs")
     assert STANDALONE["networks"]["board"] == {"name": "fleet-standalone"}  # made here, not external
     for name in FLEET_SERVICES:
         spec = services[name]
@@ -207,6 +205,21 @@ def test_images_are_pinned(variant: str) -> None:
     text = "\n".join((COMPOSE_DIR / f).read_text() for f in ("docker-compose.yml", "standalone.yml"))
     for image in UNPINNED:  # a known exception says so next to it
         assert re.search(rf"#.*\n\s*image: {re.escape(image)}", text), image
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_nothing_without_authentication_is_published_and_metrics_are_scrapable(variant: str) -> None:
+    """IQDB (no auth) stays on the compose network; Prometheus is published on loopback only;
+    the workers' /metrics listen on every interface of their container for the scrape (fleet's
+    own default is loopback)."""
+    services = VARIANTS[variant]["services"]
+    assert "ports" not in services.get("iqdb", {})
+    for name, spec in services.items():
+        for port in spec.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    for name in FLEET_SERVICES:
+        assert environment(variant, name)["METRICS_HOST"] == "0.0.0.0"
+    assert Settings().metrics_host == "127.0.0.1"
 
 
 def env_example(name: str) -> dict[str, str]:

@@ -21,9 +21,12 @@ from ratingworker.worker import db_worker_settings
 from tests import images
 from tests.conftest import running_worker
 
+TOKEN = "example-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-def serve(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.as_env()}
+
+def serve(settings: Settings, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.as_env(), "EXAMPLE_API_TOKEN": TOKEN, **extra_env}
     command = [
         sys.executable,
         "-m",
@@ -70,7 +73,7 @@ async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_
         await up(base, api)
         async with (
             running_worker(worker_settings(settings), db_worker_settings(settings)),
-            httpx.AsyncClient() as http,
+            httpx.AsyncClient(headers=AUTH) as http,
         ):
             created = await http.post(f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")})
             assert created.status_code == 201, created.text
@@ -124,7 +127,7 @@ async def test_the_api_starts_while_redis_is_down_answers_503_and_recovers(
     api = serve(settings, port)
     try:
         await up(base, api)  # the API started although Redis is down
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, headers=AUTH) as http:
             refused = await http.post(f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")})
             assert refused.status_code == 503, refused.text
             assert f"127.0.0.1:{redis.port}" not in refused.text  # no internal address in the answer
@@ -142,3 +145,64 @@ async def test_the_api_starts_while_redis_is_down_answers_503_and_recovers(
     finally:
         api.terminate()
         api.wait(30)
+
+
+def high_water_kib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+async def test_writes_need_the_token_uploads_are_capped_streamed_and_stored_readable(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    settings = api_settings
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    images.jpeg(tmp_path, "photo.jpg", 600, 400)
+    photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
+    api = serve(settings, port, MAX_IMAGE_SIZE=str(1 << 20))
+    try:
+        await up(base, api)
+        async with httpx.AsyncClient(timeout=120) as http:
+            files = {"file": ("photo.jpg", photo, "image/jpeg")}
+            assert (await http.post(f"{base}/images", files=files)).status_code == 401
+            wrong = {"Authorization": "Bearer not-it"}
+            assert (await http.post(f"{base}/images", files=files, headers=wrong)).status_code == 401
+            vote = {"user_id": 7, "rating": 9}
+            assert (await http.post(f"{base}/images/1/ratings", json=vote)).status_code == 401
+
+            before = high_water_kib(api.pid)
+            huge = b"\xff\xd8\xff" + bytes(100 << 20)  # 100 MiB against a 1 MiB cap
+            over = await http.post(
+                f"{base}/images", files={"file": ("huge.jpg", huge, "image/jpeg")}, headers=AUTH
+            )
+            assert over.status_code == 413, over.text
+            grown_kib = high_water_kib(api.pid) - before
+            print(f"API VmHWM grew {grown_kib} KiB for a 100 MiB upload refused with 413")
+            assert grown_kib < 32 << 10, grown_kib  # streamed in chunks: not the upload's 100 MiB
+
+            stored = await http.post(f"{base}/images", files=files, headers=AUTH)
+            assert stored.status_code == 201, stored.text
+        name = stored.json()["filename"]
+        original = settings.storage_path / "fullsize" / f"{name}.jpg"
+        assert original.read_bytes() == photo
+        assert original.stat().st_mode & 0o777 == 0o644 & ~current_umask()  # workers run as another uid
+        left = [p.name for p in (settings.storage_path / "fullsize").iterdir()]
+        assert left == [f"{name}.jpg"], left  # the refused upload left nothing behind
+        engine = db.create_engine(settings)
+        async with engine.connect() as conn:
+            count = sa.select(sa.func.count()).select_from(db.images)
+            assert (await conn.execute(count)).scalar_one() == 1  # and no row
+        await engine.dispose()
+    finally:
+        api.terminate()
+        api.wait(30)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

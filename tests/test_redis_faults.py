@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import pyvips
 
 from fleet.client import FleetClient
+from fleet.connections import worker_redis_settings
 from fleet.errors import EnqueueError
 from fleet.processes import start_worker, wait_healthy
 from fleet.registry import Queue
@@ -68,7 +70,7 @@ async def test_password_protected_redis(storage: Path) -> None:
         assert "wrong" not in str(refused.value)  # passwords never reach error messages
 
 
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+def _openssl(directory: Path) -> Callable[..., None]:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed: cannot make a test CA")
@@ -76,27 +78,28 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True, cwd=directory)
 
+    return run
+
+
+def _certificates(directory: Path) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """A test CA, and two server certificates it signed: ``right`` for localhost and
+    127.0.0.1, ``wrong`` for other.example (as a stolen certificate would be)."""
+    run = _openssl(directory)
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=fleet-test-ca",
         "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    run(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    )
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "1", "-out", "server.pem")  # fmt: skip
-    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    names = {"right": "DNS:localhost,IP:127.0.0.1", "wrong": "DNS:other.example"}
+    servers = {}
+    for which, alt_names in names.items():
+        (directory / f"{which}.ext").write_text(f"subjectAltName={alt_names}\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={alt_names.split(',')[0][4:]}",
+            "-keyout", f"{which}.key", "-out", f"{which}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{which}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", f"{which}.ext", "-out", f"{which}.pem")  # fmt: skip
+        servers[which] = (directory / f"{which}.pem", directory / f"{which}.key")
+    return directory / "ca.pem", servers
 
 
-async def test_tls_redis(storage: Path, tmp_path: Path) -> None:
-    ca, cert, key = _certificates(tmp_path)
+def _tls_redis(ca: Path, cert: Path, key: Path) -> tuple[EmbeddedRedis, int]:
     tls_port = free_port()
     args = ["--port", "0", "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
             "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
@@ -106,6 +109,12 @@ async def test_tls_redis(storage: Path, tmp_path: Path) -> None:
         server.start(timeout_s=5)
     except Exception as exc:  # noqa: BLE001 - only to say why the test cannot run
         pytest.skip(f"this redis-server has no TLS support: {exc}")
+    return server, tls_port
+
+
+async def test_tls_redis(storage: Path, tmp_path: Path) -> None:
+    ca, servers = _certificates(tmp_path)
+    server, tls_port = _tls_redis(ca, *servers["right"])
     try:
         url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
         settings = Settings(redis_url=url, storage_path=storage, namespace="tls")
@@ -113,7 +122,29 @@ async def test_tls_redis(storage: Path, tmp_path: Path) -> None:
         async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
             job = await client.render_upload(1, "t", "jpg")
             assert (await job.result(timeout=30, poll_delay=0.02))["ok"] is True
+        by_name = settings.replace(redis_url=f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}")
+        async with await FleetClient.connect(by_name) as client:
+            assert await client.redis.ping()
         with pytest.raises(EnqueueError):  # TLS is verified: an untrusted server is refused
             await FleetClient.connect(settings.replace(redis_url=f"rediss://127.0.0.1:{tls_port}/0"))
+    finally:
+        server.stop()
+
+
+async def test_tls_refuses_a_certificate_for_another_name(storage: Path, tmp_path: Path) -> None:
+    """A certificate from the trusted CA, but for other.example: clients, the lazy pool of an
+    API and workers all refuse it, with an error that says why."""
+    ca, servers = _certificates(tmp_path)
+    server, tls_port = _tls_redis(ca, *servers["wrong"])
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
+        settings = Settings(redis_url=url, storage_path=storage, namespace="tls")
+        with pytest.raises(EnqueueError, match="mismatch") as refused:
+            await FleetClient.connect(settings)
+        assert "certificate is not valid for '127.0.0.1'" in str(refused.value)
+        async with FleetClient.create(settings) as lazy:
+            with pytest.raises(EnqueueError, match="mismatch"):
+                await lazy.render_upload(1, "t", "jpg")
+        assert worker_redis_settings(settings).ssl_check_hostname is True
     finally:
         server.stop()
