@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from fleet import db
 from fleet.client import lifespan as fleet_lifespan
 from fleet.errors import EnqueueError, JobFailedError
+from fleet.services import with_sqlite_default
 from fleet.settings import get_settings
 
 log = logging.getLogger("board_api")
@@ -90,7 +91,7 @@ async def stage(file: UploadFile, folder: os.PathLike[str] | str) -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-    settings = get_settings()
+    settings = with_sqlite_default(get_settings())  # unset DATABASE_URL: the embedded SQLite
     app.state.db = db.create_engine(settings)
     try:
         async with fleet_lifespan(settings)(app) as state:  # app.state.fleet: the fleet client

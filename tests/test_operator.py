@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -239,3 +240,61 @@ def test_a_typo_in_variants_is_an_error_listing_the_valid_ones(variants: str, tm
         return
     assert done.returncode == 2
     assert "unknown variant" in done.stderr and "use thumb, medium, large" in done.stderr
+
+
+async def test_the_readme_example_api_commands_work_as_written(tmp_path: Path) -> None:
+    """The README's block, line by line, in an empty folder with nothing set (the repository
+    on PYTHONPATH for `examples`, the venv's commands by absolute path, a free port)."""
+    import httpx
+
+    from tests import images
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```sh\n.venv/bin/fleet db init", 1)[1].split("```", 1)[0]
+    lines = [".venv/bin/fleet db init" + block.splitlines()[0], *block.splitlines()[1:]]
+    commands = [line.split("#", 1)[0].strip() for line in lines if line.strip()]
+    assert commands[0] == ".venv/bin/fleet db init" and commands[1] == ".venv/bin/fleet worker img light &"
+    assert commands[2].startswith("EXAMPLE_API_TOKEN=secret .venv/bin/uvicorn examples.board_api:app")
+    venv = str(Path(sys.executable).parent.parent)
+    env = bare_env(PYTHONPATH=str(ROOT), IMG_POOL_SIZE="1")
+    port = free_port()
+
+    def shell(command: str) -> str:
+        return command.replace(".venv/", f"{venv}/")
+
+    assert subprocess.run(shell(commands[0]), shell=True, cwd=tmp_path, env=env).returncode == 0
+
+    def start(command: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, shell=True, cwd=tmp_path, env=env, start_new_session=True)
+
+    worker = start(shell(commands[1]).rstrip("& "))
+    api = None
+    try:
+        until(lambda: fleet({**env, "STORAGE_PATH": str(tmp_path / "storage")}, "health", "--queue", "img"),
+              lambda r: r.returncode == 0)  # fmt: skip
+        api = start(shell(commands[2]) + f" --port {port}")
+        images.jpeg(tmp_path, "photo.jpg", 900, 600)
+        photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=30) as http:
+            while True:  # as `curl -H 'Authorization: Bearer secret' -F file=@photo.jpg …/images`
+                try:
+                    answer = await http.post(
+                        f"http://127.0.0.1:{port}/images",
+                        headers={"Authorization": "Bearer secret"},
+                        files={"file": ("photo.jpg", photo, "image/jpeg")},
+                    )
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and api.poll() is None
+                    time.sleep(0.2)
+        assert answer.status_code == 201, answer.text
+        thumb = tmp_path / "storage" / "thumbs" / f"{answer.json()['filename']}.webp"
+        while not thumb.exists():  # rendered by the worker the README started
+            assert time.monotonic() < deadline + 60, "no thumbnail"
+            time.sleep(0.1)
+    finally:
+        for process in (api, worker):
+            if process is not None:  # the shell and what it started
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=60)
