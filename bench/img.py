@@ -211,7 +211,9 @@ def thumb_profile(root: Path, samples: list[corpus.Sample], options: RenderOptio
         started = cpu_time()
         header = steps.inspect(source, options.max_pixels)
         started = lap("inspect (header)", started)
-        image = steps.load(source, thumb.width, thumb.height, options.fail_on, header.has_profile)
+        image = steps.load(
+            source, header.format, thumb.width, thumb.height, options.fail_on, header.has_profile
+        )
         image = steps.to_srgb(image).copy_memory()
         started = lap("decode + shrink", started)
         image = steps.sharpen(image) if thumb.sharpen else image

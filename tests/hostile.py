@@ -13,6 +13,9 @@ import pyvips
 
 from tests.images import pattern
 
+DECODE_BUDGET_MB = 256
+"""The corpus is run with this RENDER_DECODE_BUDGET_MB (and MAX_PIXELS=50000000)."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -192,7 +195,109 @@ def build(storage: Path) -> list[Case]:
     save("modern-avif.avif", pattern(800, 600), check=_thumb(500, 375), Q=60, compression="av1")
     png_body = pattern(1500, 1000).pngsave_buffer()
     raw("png-named.jpg", png_body, "ok", _medium_is_jpeg)
+    # Memory bombs: a few KB claiming a whole-image decode over the budget (DECODE_BUDGET_MB).
+    save("bomb-12bit-rgba.avif", _flat(3200, 3200, bands=4, bits=16), "TooMuchMemoryError",
+         compression="av1", bitdepth=12, effort=0, Q=10)  # fmt: skip
+    save("bomb-interlaced-16bit.png", _flat(6000, 6000, bands=4, bits=16), "TooMuchMemoryError",
+         interlace=True, compression=9)  # fmt: skip
+    save("big-progressive.jpg", _flat(7000, 7000), check=_thumb(500, 500), interlace=True, Q=50)
+    raw("many-scans.jpg", many_scan_jpeg(150), "TooManyScansError")
+    raw("apng-decoy.png", apng(default=(0, 250, 0), first_frame=(250, 0, 0), default_is_frame=False),
+        "UnsupportedImageError")  # fmt: skip
+    raw("apng.png", apng(default=(250, 0, 0), first_frame=(250, 0, 0), default_is_frame=True), "ok",
+        _red)  # fmt: skip
+    raw("ultra-hdr.jpg", ultra_hdr(1600, 1200), "ok", _sdr_base("ultra-hdr.jpg"))
     return cases
+
+
+def _flat(width: int, height: int, bands: int = 3, bits: int = 8) -> pyvips.Image:
+    """A flat image: it compresses to almost nothing whatever its size."""
+    image = pyvips.Image.black(width, height, bands=bands).linear(1, 90)
+    if bits == 16:
+        return image.cast("ushort").copy(interpretation="rgb16")
+    return image.cast("uchar").copy(interpretation="srgb")
+
+
+def _red(storage: Path, outputs: dict[str, Any]) -> None:
+    thumb = decoded(storage, outputs["thumb"])
+    assert thumb[0].avg() > 200 and thumb[1].avg() < 60
+
+
+def _sdr_base(name: str) -> Callable[[Path, dict[str, Any]], None]:
+    """The outputs decode, as JPEG where the original's format is kept, in the SDR base's colours."""
+
+    def check(storage: Path, outputs: dict[str, Any]) -> None:
+        base = pyvips.Image.jpegload(str(storage / "fullsize" / name))
+        for variant in ("medium", "thumb"):
+            image = decoded(storage, outputs[variant])
+            got = [image[band].avg() for band in range(3)]
+            want = [base[band].avg() for band in range(3)]
+            assert all(abs(g - w) < 3 for g, w in zip(got, want, strict=True)), (variant, got, want)
+        assert decoded(storage, outputs["medium"]).get("vips-loader").startswith("jpegload")
+
+    return check
+
+
+def ultra_hdr(width: int, height: int) -> bytes:
+    """An Ultra HDR JPEG (an SDR JPEG plus a gain map), as Android phones take, made by libvips."""
+    hdr = (pattern(width, height).cast("float") / 255).copy(interpretation="scrgb")
+    return bytes(hdr.uhdrsave_buffer(Q=98))
+
+
+def many_scan_jpeg(scans: int) -> bytes:
+    """A valid progressive JPEG (8x8 grey) of ``scans`` scans, assembled by hand: one DC scan,
+    then each AC coefficient alone, first at Al=13 and refined bit by bit down to Al=0 (14
+    scans per coefficient, 883 in all at most). All its coefficients are 0, so each scan's
+    data is one Huffman code (EOB, or DC category 0) of 1 bit: a 0 padded with 1s."""
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+    def scan(ss: int, se: int, ah: int, al: int) -> bytes:
+        return segment(0xDA, struct.pack(">BBBBBB", 1, 1, 0x00, ss, se, ah << 4 | al)) + b"\x7f"
+
+    one_code = bytes([1] + [0] * 15) + b"\x00"  # one code of 1 bit, for symbol 0
+    script = [scan(0, 0, 0, 0)]
+    for k in range(1, 64):
+        script.append(scan(k, k, 0, 13))
+        script += [scan(k, k, bit, bit - 1) for bit in range(13, 0, -1)]
+    return (
+        b"\xff\xd8"
+        + segment(0xDB, b"\x00" + b"\x01" * 64)
+        + segment(0xC2, struct.pack(">BHHBBBB", 8, 8, 8, 1, 1, 0x11, 0))
+        + segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)
+        + b"".join(script[:scans])
+        + b"\xff\xd9"
+    )
+
+
+def apng(
+    default: tuple[int, int, int], first_frame: tuple[int, int, int], *, default_is_frame: bool
+) -> bytes:
+    """A 2-frame APNG (200x150). Its default image (IDAT, what non-APNG decoders show) is
+    ``default``; the first frame a browser shows is ``first_frame``: the IDAT itself when
+    ``default_is_frame``, else the first fdAT."""
+    width, height = 200, 150
+
+    def rows(colour: tuple[int, int, int]) -> bytes:
+        return zlib.compress((b"\x00" + bytes(colour) * width) * height, 9)
+
+    def fctl(sequence: int) -> bytes:
+        return _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0))
+
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    chunks.append(_png_chunk(b"acTL", struct.pack(">II", 2, 0)))
+    sequence = 0
+    if default_is_frame:
+        chunks += [fctl(0), _png_chunk(b"IDAT", rows(default))]
+        sequence = 1
+    else:
+        chunks.append(_png_chunk(b"IDAT", rows(default)))
+    for colour in ([first_frame] if not default_is_frame else []) + [(0, 0, 250)]:
+        chunks.append(fctl(sequence))
+        chunks.append(_png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + rows(colour)))
+        sequence += 2
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks) + _png_chunk(b"IEND", b"")
 
 
 def _p3_profile() -> bytes:

@@ -339,3 +339,22 @@ def test_fleet_render_refuses_a_planted_symlink_before_writing(
     assert outside.read_bytes() == b"precious, not an image"
     assert outside.stat().st_mtime == 1_000_000_000
     assert link.is_symlink()
+
+
+def test_a_progressive_jpeg_of_many_scans_is_refused_from_its_header(storage: Path) -> None:
+    from tests.hostile import many_scan_jpeg
+
+    (storage / "fullsize").mkdir(exist_ok=True)
+    (storage / "fullsize" / "scans.jpg").write_bytes(many_scan_jpeg(883))
+    result = run(storage, "scans", "jpg")
+    assert (result.ok, result.permanent, result.error_type) == (False, True, "TooManyScansError")
+    assert "100 scans" in (result.error or "")
+    assert not (storage / "thumbs").exists()  # refused before any decode
+
+
+def test_an_ordinary_progressive_jpeg_still_renders(storage: Path) -> None:
+    from imgworker.render.steps import count_scans
+
+    name = images.jpeg(storage, "prog.jpg", 1600, 1200, interlace=True)
+    assert 5 <= count_scans((storage / "fullsize" / "prog.jpg").read_bytes(), 100) <= 12
+    assert run(storage, *name).ok
