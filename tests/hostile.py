@@ -207,7 +207,104 @@ def build(storage: Path) -> list[Case]:
     raw("apng.png", apng(default=(250, 0, 0), first_frame=(250, 0, 0), default_is_frame=True), "ok",
         _red)  # fmt: skip
     raw("ultra-hdr.jpg", ultra_hdr(1600, 1200), "ok", _sdr_base("ultra-hdr.jpg"))
+    raw("avif-decoy.avif", avif_decoy(), "ok", _red)
     return cases
+
+
+def _solid_avif(width: int, height: int, colour: list[int]) -> bytes:
+    image = pyvips.Image.black(width, height, bands=3).linear(1, colour).cast("uchar")
+    return bytes(image.copy(interpretation="srgb").heifsave_buffer(compression="av1", keep="none", Q=60))
+
+
+def avif_decoy() -> bytes:
+    """An 800x600 red AVIF whose embedded thumbnail item (600x450, big enough for libvips'
+    thumbnail() to use it instead of the primary image) is green: another picture."""
+    return avif_with_thumbnail(_solid_avif(800, 600, [250, 0, 0]), _solid_avif(600, 450, [0, 250, 0]))
+
+
+# --- assembling an AVIF with a thumbnail item (ISO BMFF boxes), from two one-item AVIFs ------
+
+
+def _boxes(data: bytes, start: int, stop: int) -> dict[str, tuple[int, int]]:
+    """The boxes in data[start:stop]: type -> (body start, end)."""
+    found, pos = {}, start
+    while pos < stop:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        found[kind.decode()] = (pos + 8, pos + size)
+        pos += size
+    return found
+
+
+def _box(kind: str, body: bytes, full: bool = False) -> bytes:
+    """A box; a full box (version 0, flags 0) when ``full``."""
+    body = (b"\0" * 4 if full else b"") + body
+    return struct.pack(">I4s", 8 + len(body), kind.encode()) + body
+
+
+@dataclass(frozen=True)
+class _Item:
+    infe: bytes
+    properties: list[bytes]
+    indices: list[int]
+    """ipma associations (bit 7: essential; 1-based into ``properties``)."""
+    data: bytes
+
+
+def _only_item(avif: bytes) -> _Item:
+    """The one image item of an AVIF as libvips writes it (keep="none")."""
+    top = _boxes(avif, 0, len(avif))
+    meta = _boxes(avif, top["meta"][0] + 4, top["meta"][1])
+    iinf, iloc = meta["iinf"], meta["iloc"][0]
+    iprp = _boxes(avif, *meta["iprp"])
+    ipco = _boxes(avif, *iprp["ipco"])
+    properties = [avif[body - 8 : end] for body, end in sorted(ipco.values())]
+    ipma = iprp["ipma"][0]
+    count = avif[ipma + 10]
+    # iloc v0: sizes (offset, length | base offset), 1 item: id, data ref, base, 1 extent.
+    offset_size, length_size, base_size = avif[iloc + 4] >> 4, avif[iloc + 4] & 15, avif[iloc + 5] >> 4
+    pos = iloc + 6 + 2 + 2 + 2
+    base = int.from_bytes(avif[pos : pos + base_size], "big")
+    pos += base_size + 2
+    offset = base + int.from_bytes(avif[pos : pos + offset_size], "big")
+    length = int.from_bytes(avif[pos + offset_size : pos + offset_size + length_size], "big")
+    return _Item(
+        avif[iinf[0] + 6 : iinf[1]], properties, list(avif[ipma + 11 : ipma + 11 + count]),
+        avif[offset : offset + length],
+    )  # fmt: skip
+
+
+def avif_with_thumbnail(primary: bytes, thumbnail: bytes) -> bytes:
+    """``primary``'s image as item 1 (the primary item), ``thumbnail``'s as item 2, linked to
+    it by a 'thmb' reference: what a camera writes, except that here the pictures differ."""
+    main, thumb = _only_item(primary), _only_item(thumbnail)
+    thumb_infe = thumb.infe[:12] + struct.pack(">H", 2) + thumb.infe[14:]  # infe v2: item_ID at 12
+    shift = len(main.properties)
+    ipma = _box(
+        "ipma",
+        struct.pack(">I", 2)
+        + struct.pack(">HB", 1, len(main.indices)) + bytes(main.indices)
+        + struct.pack(">HB", 2, len(thumb.indices)) + bytes(i + shift for i in thumb.indices),
+        full=True,
+    )  # fmt: skip
+    fixed = (
+        _box("hdlr", b"\0" * 4 + b"pict" + b"\0" * 13, full=True),
+        _box("pitm", struct.pack(">H", 1), full=True),
+    )
+    rest = (
+        _box("iinf", struct.pack(">H", 2) + main.infe + thumb_infe, full=True),
+        _box("iref", _box("thmb", struct.pack(">HHH", 2, 1, 1)), full=True),
+        _box("iprp", _box("ipco", b"".join(main.properties + thumb.properties)) + ipma),
+    )
+    ftyp = primary[: _boxes(primary, 0, len(primary))["ftyp"][1]]
+
+    def meta(data_at: int) -> bytes:
+        extents = struct.pack(">HHHII", 1, 0, 1, data_at, len(main.data))
+        extents += struct.pack(">HHHII", 2, 0, 1, data_at + len(main.data), len(thumb.data))
+        iloc = _box("iloc", bytes([0x44, 0x00]) + struct.pack(">H", 2) + extents, full=True)
+        return _box("meta", b"".join((*fixed, iloc, *rest)), full=True)
+
+    data_at = len(ftyp) + len(meta(0)) + 8
+    return ftyp + meta(data_at) + _box("mdat", main.data + thumb.data)
 
 
 def _flat(width: int, height: int, bands: int = 3, bits: int = 8) -> pyvips.Image:

@@ -358,3 +358,20 @@ def test_an_ordinary_progressive_jpeg_still_renders(storage: Path) -> None:
     name = images.jpeg(storage, "prog.jpg", 1600, 1200, interlace=True)
     assert 5 <= count_scans((storage / "fullsize" / "prog.jpg").read_bytes(), 100) <= 12
     assert run(storage, *name).ok
+
+
+def test_avif_thumbnail_and_iqdb_jpeg_come_from_the_primary_image_not_the_embedded_one(
+    storage: Path,
+) -> None:
+    """The uploader controls an AVIF's embedded thumbnail item: here a green picture inside a red
+    one. Moderation (the thumbnail) and duplicate search (the IQDB JPEG) must see the red one."""
+    from tests.hostile import avif_decoy
+
+    (storage / "fullsize").mkdir(exist_ok=True)
+    (storage / "fullsize" / "decoy.avif").write_bytes(avif_decoy())
+    result = run(storage, "decoy", "avif", iqdb=True)
+    assert result.ok, result.error
+    for variant in ("thumb", "iqdb"):
+        image = open_out(storage, result.outputs[variant].path)
+        difference = [abs(image[band].avg() - want) for band, want in enumerate((250, 0, 0))]
+        assert max(difference) < 8, (variant, difference)
