@@ -26,8 +26,25 @@ from fleet.settings import Settings
 MODES: dict[str, dict[str, int]] = {
     # archive: efficiency and latency corpus; big: uploads of each kind, with all three variants
     # rounds: of the efficiency run, best of each side kept
-    "quick": {"archive": 40, "rounds": 3, "big": 2, "repeat": 2, "uploads": 20, "light_jobs": 300},
-    "full": {"archive": 200, "rounds": 2, "big": 4, "repeat": 3, "uploads": 100, "light_jobs": 2000},
+    # memory_per_kind: the largest big uploads of each kind whose render memory is measured
+    "quick": {
+        "archive": 40,
+        "rounds": 3,
+        "big": 2,
+        "repeat": 2,
+        "uploads": 20,
+        "light_jobs": 300,
+        "memory_per_kind": 1,
+    },
+    "full": {
+        "archive": 200,
+        "rounds": 2,
+        "big": 4,
+        "repeat": 3,
+        "uploads": 100,
+        "light_jobs": 2000,
+        "memory_per_kind": 4,
+    },
 }
 
 
@@ -78,6 +95,7 @@ async def collect(mode: str, pillow_simd: str | None = None) -> dict[str, Any]:
         results["img"] = await img.efficiency(settings, archive, sizes["rounds"])
         results["per_upload"] = img.per_upload(root, big, settings, sizes["repeat"], simd)
         results["limit"] = img.limit(root, archive + big, settings, sizes["repeat"])
+        results["memory"] = img.memory(root, big, settings, sizes["memory_per_kind"])
         results["latency"] = await img.latency_and_enqueue(settings, archive, sizes["uploads"])
     results["light"] = await light.main(sizes["light_jobs"])
     return results

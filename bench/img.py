@@ -8,12 +8,16 @@
 - the limit: thumbnails/s against the rate of a reduce-on-load decode of the same JPEGs
   (all their entropy-coded data, no resize, no encode);
 - latency: queueing to start, and to the thumbnail on disk, idle and during a bulk run;
-- enqueue: single jobs/s, and images/s fed by the bulk feeder.
+- enqueue: single jobs/s, and images/s fed by the bulk feeder;
+- memory: peak RSS (and address space) of a render process, per kind of big upload, under
+  the pool's own bound (RENDER_MEMORY_MB).
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import re
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ from fleet.client import FleetClient
 from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.settings import Settings
-from imgworker.backend import ProcessPoolBackend, configure_vips
+from imgworker.backend import ProcessPoolBackend, configure_vips, limit_memory
 from imgworker.config import render_options
 from imgworker.render import RenderOptions, RenderRequest, render, steps, storage
 from imgworker.render.storage import original_path
@@ -193,6 +197,48 @@ def limit(root: Path, samples: list[corpus.Sample], settings: Settings, repeat: 
     }
 
 
+def memory(root: Path, samples: list[corpus.Sample], settings: Settings, per_kind: int) -> dict[str, Any]:
+    """Peak memory of a render process, per kind: the ``per_kind`` largest uploads of each kind
+    (all variants) rendered in one fresh process configured and bounded as the pool's are; its
+    peak RSS is read from /proc and reset between kinds."""
+    options = render_options(settings.replace(iqdb_url=None))
+    kinds: dict[str, list[RenderRequest]] = {}
+    for sample in sorted(samples, key=lambda s: -s.width * s.height):
+        chosen = kinds.setdefault(sample.kind, [])
+        if len(chosen) < per_kind:
+            chosen.append(RenderRequest(sample.image_id, sample.filename, sample.ext))
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(1) as pool:
+        by_kind, address_space = pool.apply(_render_peaks, (root, kinds, options, settings.render_memory_mb))
+    return {
+        "memory_limit_mb": settings.render_memory_mb,
+        "peak_rss_mb": max(by_kind.values()),
+        "peak_address_space_mb": address_space,
+        "rss_mb_by_kind": by_kind,
+    }
+
+
+def _render_peaks(
+    root: Path, kinds: dict[str, list[RenderRequest]], options: RenderOptions, memory_mb: int
+) -> tuple[dict[str, int], int]:
+    """In a render process: each kind's peak RSS in MB, then the process's peak address space."""
+    configure_vips()
+    limit_memory(memory_mb)
+    peaks: dict[str, int] = {}
+    for kind, requests in kinds.items():
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS to the current one
+        for request in requests:
+            result = render(root, request, options)
+            assert result.ok, result.error
+        peaks[kind] = _status_mb("VmHWM")
+    return peaks, _status_mb("VmPeak")
+
+
+def _status_mb(field: str) -> int:
+    found = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(found.group(1)) // 1024 if found else 0
+
+
 def thumb_profile(root: Path, samples: list[corpus.Sample], options: RenderOptions) -> dict[str, float]:
     """CPU milliseconds per thumbnail in each step, timed one by one with the pipeline's own step
     functions. The pipeline streams the decode into the encoder; here the decoded pixels are
@@ -211,7 +257,9 @@ def thumb_profile(root: Path, samples: list[corpus.Sample], options: RenderOptio
         started = cpu_time()
         header = steps.inspect(source, options.max_pixels)
         started = lap("inspect (header)", started)
-        image = steps.load(source, thumb.width, thumb.height, options.fail_on, header.has_profile)
+        image = steps.load(
+            source, header.format, thumb.width, thumb.height, options.fail_on, header.has_profile
+        )
         image = steps.to_srgb(image).copy_memory()
         started = lap("decode + shrink", started)
         image = steps.sharpen(image) if thumb.sharpen else image

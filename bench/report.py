@@ -61,6 +61,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| enqueue, single | {lat['enqueue']['single_jobs_per_s']} jobs/s |",
         f"| enqueue, bulk feeder | {lat['enqueue']['bulk_feeder_images_per_s']} images/s |",
     ]
+    if "memory" in results:
+        lines.append(f"| render process, peak RSS | {results['memory']['peak_rss_mb']} MB |")
     for row in results.get("light", []):
         where = f" on {row['database']}" if "database" in row else ""
         lines.append(f"| {row['queue']}: {row['job']}{where} | {row['jobs_per_s']} jobs/s |")
@@ -74,7 +76,23 @@ def markdown(results: dict[str, Any]) -> str:
         for kind in ("queue_to_start", "queue_to_thumbnail"):
             d = data[kind]
             lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
-    return "\n".join(lines + _per_kind(upload) + _thumb_profile(lim)) + "\n"
+    return "\n".join(lines + _per_kind(upload) + _thumb_profile(lim) + _memory(results.get("memory"))) + "\n"
+
+
+def _memory(memory: dict[str, Any] | None) -> list[str]:
+    """Peak RSS and address space of a render process per kind of big upload (MB)."""
+    if not memory:
+        return []
+    lines = [
+        "",
+        f"Peak RSS of a render process per kind (MB; under RENDER_MEMORY_MB={memory['memory_limit_mb']}): "
+        f"RSS {memory['peak_rss_mb']}, address space {memory['peak_address_space_mb']}.",
+        "",
+        "| " + " | ".join(memory["rss_mb_by_kind"]) + " |",
+        "|" + "---|" * len(memory["rss_mb_by_kind"]),
+        "| " + " | ".join(str(v) for v in memory["rss_mb_by_kind"].values()) + " |",
+    ]
+    return lines
 
 
 def _per_kind(upload: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import unquote, urlsplit
 
+from fleet.cpus import usable_cpus
 from fleet.errors import FleetError
 
 
@@ -56,7 +57,8 @@ class Settings:
 
     # The img worker.
     img_pool_size: int = 0
-    """Render processes per img worker; 0 means the CPU count."""
+    """Render processes per img worker; 0 means the CPUs this process may use (its affinity
+    mask, capped by a cgroup v2 CPU quota)."""
     img_upload_reserve: int = 1
     """Render processes kept free of bulk work, on top of IMG_POOL_SIZE, so an upload during
     an archive run starts at once (bulk still uses IMG_POOL_SIZE processes)."""
@@ -66,6 +68,12 @@ class Settings:
     """A render running longer is stopped: its process is killed."""
     render_recycle_after: int = 500
     """Renders per process before it is replaced, so memory stays flat."""
+    render_memory_mb: int = 1536
+    """Address-space limit of each render process (RLIMIT_AS); an allocation past it fails
+    that image for good (TooMuchMemoryError). 0: no limit. A normal render maps ~220-420 MB."""
+    render_decode_budget_mb: int = 512
+    """Formats decoded whole at once (AVIF/HEIF, interlaced PNG, progressive JPEG, GIF) are
+    refused from the header when their decode would need more memory than this. 0: no budget."""
 
     # Bulk re-rendering of the archive.
     bulk_batch_size: int = 16
@@ -187,7 +195,7 @@ class Settings:
 
     @property
     def pool_size(self) -> int:
-        return self.img_pool_size or os.cpu_count() or 1
+        return self.img_pool_size or usable_cpus()
 
     @property
     def img_concurrency(self) -> int:

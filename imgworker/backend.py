@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import enum
 import multiprocessing
 import os
+import pickle
+import resource
+import struct
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -74,13 +78,31 @@ def configure_vips() -> None:
     pyvips.block_untrusted_set(True)
 
 
-def _serve(conn: Connection, root: Path, options: RenderOptions) -> None:
+_M_ARENA_MAX = -8  # glibc mallopt()
+
+
+def limit_memory(memory_mb: int) -> None:
+    """Bound this process's address space (0: no bound), so a decode that allocates past it
+    fails that image with an allocation error instead of taking the machine's memory.
+
+    glibc gives each thread its own 64 MB malloc arena (reserved, not used): capped at 2, a
+    render process maps ~220 MB instead of ~400 MB, so the bound measures real use."""
+    if not memory_mb:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
+    limit = memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _serve(conn: Connection, root: Path, options: RenderOptions, memory_mb: int = 0) -> None:
     """A render process: one request in, one result out, until told to stop (None) or killed.
 
     If the worker dies (even by SIGKILL) its end of the pipe closes: an idle process sees EOF
     at once, a busy one finishes its render (atomic writes: nothing partial is left) and
     ends when it cannot send the result. No orphan outlives its render."""
     configure_vips()
+    limit_memory(memory_mb)
     conn.send(os.getpid())  # ready
     while True:
         try:
@@ -97,9 +119,9 @@ def _serve(conn: Connection, root: Path, options: RenderOptions) -> None:
 
 
 class _Process:
-    def __init__(self, context: Any, root: Path, options: RenderOptions) -> None:
+    def __init__(self, context: Any, root: Path, options: RenderOptions, memory_mb: int) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, root, options), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, root, options, memory_mb), daemon=True)
         self.process.start()
         child.close()
         self.renders = 0
@@ -118,18 +140,55 @@ class _Process:
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
-            self.conn.send(None)
+            _send(self.conn, None)
         self.process.join(5)
         if self.process.is_alive():
             self.kill()
         self.conn.close()
 
 
-async def _readable(conn: Connection, timeout_s: float | None) -> None:
-    """Until ``conn`` has data or EOF (the process died), without blocking the loop."""
+def _send(conn: Connection, message: Any) -> None:
+    """Send on a blocking fd (``_receive`` leaves it non-blocking): ``Connection.send`` gives
+    up on a full pipe otherwise. The render process reads at once, so this does not stall."""
+    os.set_blocking(conn.fileno(), True)
+    conn.send(message)
+
+
+async def _receive(conn: Connection, timeout_s: float | None) -> Any:
+    """The next message on ``conn`` (multiprocessing's framing: a 4-byte length, or -1 and an
+    8-byte one, then the pickle), read whole without blocking the loop.
+
+    ``Connection.recv`` assumes a blocking fd; uvloop's ``add_reader`` makes it non-blocking,
+    so a result larger than the pipe buffer read that way fails half-way, as if the render
+    process had crashed. Here the fd is non-blocking on purpose and read until complete."""
+    fd = conn.fileno()
+    os.set_blocking(fd, False)
+    async with asyncio.timeout(timeout_s):
+        (size,) = struct.unpack("!i", await _read_exactly(fd, 4))
+        if size == -1:
+            (size,) = struct.unpack("!Q", await _read_exactly(fd, 8))
+        return pickle.loads(await _read_exactly(fd, size))
+
+
+async def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from non-blocking ``fd``; EOFError if the writer is gone first."""
+    data = bytearray()
+    while len(data) < size:
+        try:
+            chunk = os.read(fd, size - len(data))
+        except BlockingIOError:
+            await _readable(fd)
+            continue
+        if not chunk:
+            raise EOFError(f"pipe closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+async def _readable(fd: int) -> None:
+    """Until ``fd`` has data or EOF (the process died), without blocking the loop."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    fd = conn.fileno()
 
     def wake() -> None:
         if not ready.done():
@@ -137,7 +196,7 @@ async def _readable(conn: Connection, timeout_s: float | None) -> None:
 
     loop.add_reader(fd, wake)
     try:
-        await asyncio.wait_for(ready, timeout_s)
+        await ready
     finally:
         loop.remove_reader(fd)
 
@@ -160,6 +219,7 @@ class ProcessPoolBackend:
         timeout_s: float = 120.0,
         recycle_after: int = 500,
         reserve: int = 0,
+        memory_mb: int = 0,
         start_method: str = "forkserver",
     ) -> None:
         if not 0 <= reserve < size:
@@ -170,6 +230,8 @@ class ProcessPoolBackend:
         self.reserve = reserve
         self.timeout_s = timeout_s
         self.recycle_after = recycle_after
+        self.memory_mb = memory_mb
+        """Address-space bound of each render process in MB (0: none)."""
         self._context = multiprocessing.get_context(start_method)
         self._idle: list[_Process] = []
         self._waiting: dict[Priority, collections.deque[asyncio.Future[_Process]]] = {
@@ -180,7 +242,7 @@ class ProcessPoolBackend:
             self._spawn()
 
     def _spawn(self) -> None:
-        proc = _Process(self._context, self.root, self.options)
+        proc = _Process(self._context, self.root, self.options, self.memory_mb)
         self._all.add(proc)
         self._release(proc)
 
@@ -247,8 +309,7 @@ class ProcessPoolBackend:
     async def _await_ready(self, proc: _Process) -> None:
         async with proc.starting:  # one reader per pipe: a second add_reader would replace the first
             if not proc.ready:
-                await _readable(proc.conn, 60)
-                proc.conn.recv()
+                await _receive(proc.conn, 60)
                 proc.ready = True
 
     async def render_batch(
@@ -267,9 +328,8 @@ class ProcessPoolBackend:
         proc = await self._acquire(priority)
         try:
             await self._await_ready(proc)
-            proc.conn.send((request, options))
-            await _readable(proc.conn, self.timeout_s)
-            result: RenderResult = proc.conn.recv()
+            _send(proc.conn, (request, options))
+            result: RenderResult = await _receive(proc.conn, self.timeout_s)
         except TimeoutError:
             self._replace(proc, kill=True)  # really stopped, not abandoned
             return _lost(

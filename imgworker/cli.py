@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fleet.paths import UnsafePathError, inside
 from fleet.settings import get_settings
 from imgworker.backend import configure_vips
 from imgworker.config import render_options
 from imgworker.render import RenderRequest, RenderResult, render
-from imgworker.render.storage import ORIGINALS
+from imgworker.render.storage import ORIGINALS, not_a_symlink
 
 
 def register(sub: Any) -> None:
@@ -38,7 +39,7 @@ def stage(file: Path, storage: Path | None) -> tuple[Path, RenderRequest]:
     file = file.resolve()
     if storage is None:
         storage = file.parent.parent if file.parent.name == ORIGINALS else get_settings().storage_path
-    stored = storage.resolve() / ORIGINALS / file.name
+    stored = not_a_symlink(inside(storage, storage / ORIGINALS) / file.name)
     if stored != file:
         stored.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, stored)
@@ -63,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
     options = render_options(get_settings())
     failed = 0
     for file in args.files:
-        root, request = stage(file, args.storage)
-        result = render(root, request, options)
+        try:
+            root, request = stage(file, args.storage)
+        except UnsafePathError as exc:  # refused before anything was copied or written
+            result = RenderResult(0, str(file), False, error=str(exc), error_type=type(exc).__name__)
+        else:
+            result = render(root, request, options)
         result.file = str(file)
         failed += not result.ok
         data = describe(result)

@@ -24,6 +24,7 @@ def render_options(
         large_edge=settings.large_edge,
         variant_quality=settings.variant_quality,
         max_pixels=settings.max_pixels,
+        decode_budget_mb=settings.render_decode_budget_mb,
         iqdb=settings.iqdb_url is not None,
     )
     if variants:

@@ -50,6 +50,7 @@ class SharedPool:
                 settings.pool_size + settings.img_upload_reserve,
                 timeout_s=settings.render_timeout_s,
                 recycle_after=settings.render_recycle_after,
+                memory_mb=settings.render_memory_mb,
                 reserve=settings.img_upload_reserve,
             )
             await self.backend.warm_up()

@@ -13,6 +13,9 @@ import pyvips
 
 from tests.images import pattern
 
+DECODE_BUDGET_MB = 256
+"""The corpus is run with this RENDER_DECODE_BUDGET_MB (and MAX_PIXELS=50000000)."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -192,7 +195,206 @@ def build(storage: Path) -> list[Case]:
     save("modern-avif.avif", pattern(800, 600), check=_thumb(500, 375), Q=60, compression="av1")
     png_body = pattern(1500, 1000).pngsave_buffer()
     raw("png-named.jpg", png_body, "ok", _medium_is_jpeg)
+    # Memory bombs: a few KB claiming a whole-image decode over the budget (DECODE_BUDGET_MB).
+    save("bomb-12bit-rgba.avif", _flat(3200, 3200, bands=4, bits=16), "TooMuchMemoryError",
+         compression="av1", bitdepth=12, effort=0, Q=10)  # fmt: skip
+    save("bomb-interlaced-16bit.png", _flat(6000, 6000, bands=4, bits=16), "TooMuchMemoryError",
+         interlace=True, compression=9)  # fmt: skip
+    save("big-progressive.jpg", _flat(7000, 7000), check=_thumb(500, 500), interlace=True, Q=50)
+    raw("many-scans.jpg", many_scan_jpeg(150), "TooManyScansError")
+    raw("apng-decoy.png", apng(default=(0, 250, 0), first_frame=(250, 0, 0), default_is_frame=False),
+        "UnsupportedImageError")  # fmt: skip
+    raw("apng.png", apng(default=(250, 0, 0), first_frame=(250, 0, 0), default_is_frame=True), "ok",
+        _red)  # fmt: skip
+    raw("ultra-hdr.jpg", ultra_hdr(1600, 1200), "ok", _sdr_base("ultra-hdr.jpg"))
+    raw("avif-decoy.avif", avif_decoy(), "ok", _red)
     return cases
+
+
+def _solid_avif(width: int, height: int, colour: list[int]) -> bytes:
+    image = pyvips.Image.black(width, height, bands=3).linear(1, colour).cast("uchar")
+    return bytes(image.copy(interpretation="srgb").heifsave_buffer(compression="av1", keep="none", Q=60))
+
+
+def avif_decoy() -> bytes:
+    """An 800x600 red AVIF whose embedded thumbnail item (600x450, big enough for libvips'
+    thumbnail() to use it instead of the primary image) is green: another picture."""
+    return avif_with_thumbnail(_solid_avif(800, 600, [250, 0, 0]), _solid_avif(600, 450, [0, 250, 0]))
+
+
+# --- assembling an AVIF with a thumbnail item (ISO BMFF boxes), from two one-item AVIFs ------
+
+
+def _boxes(data: bytes, start: int, stop: int) -> dict[str, tuple[int, int]]:
+    """The boxes in data[start:stop]: type -> (body start, end)."""
+    found, pos = {}, start
+    while pos < stop:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        found[kind.decode()] = (pos + 8, pos + size)
+        pos += size
+    return found
+
+
+def _box(kind: str, body: bytes, full: bool = False) -> bytes:
+    """A box; a full box (version 0, flags 0) when ``full``."""
+    body = (b"\0" * 4 if full else b"") + body
+    return struct.pack(">I4s", 8 + len(body), kind.encode()) + body
+
+
+@dataclass(frozen=True)
+class _Item:
+    infe: bytes
+    properties: list[bytes]
+    indices: list[int]
+    """ipma associations (bit 7: essential; 1-based into ``properties``)."""
+    data: bytes
+
+
+def _only_item(avif: bytes) -> _Item:
+    """The one image item of an AVIF as libvips writes it (keep="none")."""
+    top = _boxes(avif, 0, len(avif))
+    meta = _boxes(avif, top["meta"][0] + 4, top["meta"][1])
+    iinf, iloc = meta["iinf"], meta["iloc"][0]
+    iprp = _boxes(avif, *meta["iprp"])
+    ipco = _boxes(avif, *iprp["ipco"])
+    properties = [avif[body - 8 : end] for body, end in sorted(ipco.values())]
+    ipma = iprp["ipma"][0]
+    count = avif[ipma + 10]
+    # iloc v0: sizes (offset, length | base offset), 1 item: id, data ref, base, 1 extent.
+    offset_size, length_size, base_size = avif[iloc + 4] >> 4, avif[iloc + 4] & 15, avif[iloc + 5] >> 4
+    pos = iloc + 6 + 2 + 2 + 2
+    base = int.from_bytes(avif[pos : pos + base_size], "big")
+    pos += base_size + 2
+    offset = base + int.from_bytes(avif[pos : pos + offset_size], "big")
+    length = int.from_bytes(avif[pos + offset_size : pos + offset_size + length_size], "big")
+    return _Item(
+        avif[iinf[0] + 6 : iinf[1]], properties, list(avif[ipma + 11 : ipma + 11 + count]),
+        avif[offset : offset + length],
+    )  # fmt: skip
+
+
+def avif_with_thumbnail(primary: bytes, thumbnail: bytes) -> bytes:
+    """``primary``'s image as item 1 (the primary item), ``thumbnail``'s as item 2, linked to
+    it by a 'thmb' reference: what a camera writes, except that here the pictures differ."""
+    main, thumb = _only_item(primary), _only_item(thumbnail)
+    thumb_infe = thumb.infe[:12] + struct.pack(">H", 2) + thumb.infe[14:]  # infe v2: item_ID at 12
+    shift = len(main.properties)
+    ipma = _box(
+        "ipma",
+        struct.pack(">I", 2)
+        + struct.pack(">HB", 1, len(main.indices)) + bytes(main.indices)
+        + struct.pack(">HB", 2, len(thumb.indices)) + bytes(i + shift for i in thumb.indices),
+        full=True,
+    )  # fmt: skip
+    fixed = (
+        _box("hdlr", b"\0" * 4 + b"pict" + b"\0" * 13, full=True),
+        _box("pitm", struct.pack(">H", 1), full=True),
+    )
+    rest = (
+        _box("iinf", struct.pack(">H", 2) + main.infe + thumb_infe, full=True),
+        _box("iref", _box("thmb", struct.pack(">HHH", 2, 1, 1)), full=True),
+        _box("iprp", _box("ipco", b"".join(main.properties + thumb.properties)) + ipma),
+    )
+    ftyp = primary[: _boxes(primary, 0, len(primary))["ftyp"][1]]
+
+    def meta(data_at: int) -> bytes:
+        extents = struct.pack(">HHHII", 1, 0, 1, data_at, len(main.data))
+        extents += struct.pack(">HHHII", 2, 0, 1, data_at + len(main.data), len(thumb.data))
+        iloc = _box("iloc", bytes([0x44, 0x00]) + struct.pack(">H", 2) + extents, full=True)
+        return _box("meta", b"".join((*fixed, iloc, *rest)), full=True)
+
+    data_at = len(ftyp) + len(meta(0)) + 8
+    return ftyp + meta(data_at) + _box("mdat", main.data + thumb.data)
+
+
+def _flat(width: int, height: int, bands: int = 3, bits: int = 8) -> pyvips.Image:
+    """A flat image: it compresses to almost nothing whatever its size."""
+    image = pyvips.Image.black(width, height, bands=bands).linear(1, 90)
+    if bits == 16:
+        return image.cast("ushort").copy(interpretation="rgb16")
+    return image.cast("uchar").copy(interpretation="srgb")
+
+
+def _red(storage: Path, outputs: dict[str, Any]) -> None:
+    thumb = decoded(storage, outputs["thumb"])
+    assert thumb[0].avg() > 200 and thumb[1].avg() < 60
+
+
+def _sdr_base(name: str) -> Callable[[Path, dict[str, Any]], None]:
+    """The outputs decode, as JPEG where the original's format is kept, in the SDR base's colours."""
+
+    def check(storage: Path, outputs: dict[str, Any]) -> None:
+        base = pyvips.Image.jpegload(str(storage / "fullsize" / name))
+        for variant in ("medium", "thumb"):
+            image = decoded(storage, outputs[variant])
+            got = [image[band].avg() for band in range(3)]
+            want = [base[band].avg() for band in range(3)]
+            assert all(abs(g - w) < 3 for g, w in zip(got, want, strict=True)), (variant, got, want)
+        assert decoded(storage, outputs["medium"]).get("vips-loader").startswith("jpegload")
+
+    return check
+
+
+def ultra_hdr(width: int, height: int) -> bytes:
+    """An Ultra HDR JPEG (an SDR JPEG plus a gain map), as Android phones take, made by libvips."""
+    hdr = (pattern(width, height).cast("float") / 255).copy(interpretation="scrgb")
+    return bytes(hdr.uhdrsave_buffer(Q=98))
+
+
+def many_scan_jpeg(scans: int) -> bytes:
+    """A valid progressive JPEG (8x8 grey) of ``scans`` scans, assembled by hand: one DC scan,
+    then each AC coefficient alone, first at Al=13 and refined bit by bit down to Al=0 (14
+    scans per coefficient, 883 in all at most). All its coefficients are 0, so each scan's
+    data is one Huffman code (EOB, or DC category 0) of 1 bit: a 0 padded with 1s."""
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+    def scan(ss: int, se: int, ah: int, al: int) -> bytes:
+        return segment(0xDA, struct.pack(">BBBBBB", 1, 1, 0x00, ss, se, ah << 4 | al)) + b"\x7f"
+
+    one_code = bytes([1] + [0] * 15) + b"\x00"  # one code of 1 bit, for symbol 0
+    script = [scan(0, 0, 0, 0)]
+    for k in range(1, 64):
+        script.append(scan(k, k, 0, 13))
+        script += [scan(k, k, bit, bit - 1) for bit in range(13, 0, -1)]
+    return (
+        b"\xff\xd8"
+        + segment(0xDB, b"\x00" + b"\x01" * 64)
+        + segment(0xC2, struct.pack(">BHHBBBB", 8, 8, 8, 1, 1, 0x11, 0))
+        + segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)
+        + b"".join(script[:scans])
+        + b"\xff\xd9"
+    )
+
+
+def apng(
+    default: tuple[int, int, int], first_frame: tuple[int, int, int], *, default_is_frame: bool
+) -> bytes:
+    """A 2-frame APNG (200x150). Its default image (IDAT, what non-APNG decoders show) is
+    ``default``; the first frame a browser shows is ``first_frame``: the IDAT itself when
+    ``default_is_frame``, else the first fdAT."""
+    width, height = 200, 150
+
+    def rows(colour: tuple[int, int, int]) -> bytes:
+        return zlib.compress((b"\x00" + bytes(colour) * width) * height, 9)
+
+    def fctl(sequence: int) -> bytes:
+        return _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0))
+
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    chunks.append(_png_chunk(b"acTL", struct.pack(">II", 2, 0)))
+    sequence = 0
+    if default_is_frame:
+        chunks += [fctl(0), _png_chunk(b"IDAT", rows(default))]
+        sequence = 1
+    else:
+        chunks.append(_png_chunk(b"IDAT", rows(default)))
+    for colour in ([first_frame] if not default_is_frame else []) + [(0, 0, 250)]:
+        chunks.append(fctl(sequence))
+        chunks.append(_png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + rows(colour)))
+        sequence += 2
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks) + _png_chunk(b"IEND", b"")
 
 
 def _p3_profile() -> bytes:

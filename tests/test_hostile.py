@@ -15,7 +15,7 @@ from fleet.settings import Settings
 from imgworker.render import RenderRequest, default_options, render
 from tests import hostile, images
 
-OPTIONS = default_options(max_pixels=50_000_000)
+OPTIONS = default_options(max_pixels=50_000_000, decode_budget_mb=hostile.DECODE_BUDGET_MB)
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[hostile
 
 def test_corpus_covers_every_listed_input(corpus: tuple[Path, list[hostile.Case]]) -> None:
     names = {case.filename for case in corpus[1]}
-    assert len(names) == 25
+    assert len(names) == 33
     assert {f"orientation-{n}" for n in range(2, 9)} <= names
 
 
-@pytest.mark.parametrize("index", range(25))
+@pytest.mark.parametrize("index", range(33))
 def test_each_input_has_its_defined_outcome(corpus: tuple[Path, list[hostile.Case]], index: int) -> None:
     root, cases = corpus
     case = cases[index]
@@ -47,7 +47,7 @@ def test_each_input_has_its_defined_outcome(corpus: tuple[Path, list[hostile.Cas
 
 async def test_one_worker_survives_the_whole_corpus(settings: Settings, client: FleetClient) -> None:
     cases = hostile.build(settings.storage_path)
-    settings = settings.replace(max_pixels=50_000_000)
+    settings = settings.replace(max_pixels=50_000_000, render_decode_budget_mb=hostile.DECODE_BUDGET_MB)
     worker = start_worker(["img"], settings)
     try:
         await wait_healthy(client, Queue.IMG)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pyvips
 
+from fleet.cpus import usable_cpus
+from fleet.settings import Settings
 from imgworker.backend import ProcessPoolBackend
-from imgworker.render import RenderRequest, default_options
+from imgworker.render import RenderRequest, RenderResult, Variant, VariantStatus, default_options
 from tests import images
 
 
@@ -111,3 +115,61 @@ def _configure() -> None:
     from imgworker.backend import configure_vips
 
     configure_vips()
+
+
+def test_a_result_over_a_megabyte_arrives_whole_under_uvloop(storage: Path) -> None:
+    """uvloop makes the pipe fds non-blocking: a result larger than the pipe buffer must still
+    be read whole, not taken for a crashed render process."""
+    import uvloop
+
+    images.jpeg(storage, "small.jpg", 300, 200)
+    many = tuple(Variant(f"v{i:05d}-{'x' * 200}", "many", 1000, 1000, 80) for i in range(6000))
+    options = replace(default_options(), variants=default_options().variants + many)
+
+    async def main() -> list[RenderResult]:
+        backend = ProcessPoolBackend(storage, options, size=1)
+        try:
+            await backend.warm_up()
+            return await backend.render_batch([RenderRequest(1, "small", "jpg")])
+        finally:
+            await backend.close()
+
+    [result] = uvloop.run(main())
+    assert result.ok, f"{result.error_type}: {result.error}"
+    assert len(pickle.dumps(result)) > 1_000_000
+    assert len(result.outputs) == 6003 and result.outputs["thumb"].status == VariantStatus.READY
+
+
+async def test_an_allocation_past_the_memory_limit_fails_that_image_for_good(storage: Path) -> None:
+    """Under RENDER_MEMORY_MB, a decode that allocates too much (here: an AVIF whose 8000x8000
+    decode needs ~1 GB, with the header budget switched off) fails that image permanently with
+    the reason; the process survives and renders the next image."""
+    flat = pyvips.Image.black(8000, 8000, bands=3).cast("uchar").copy(interpretation="srgb")
+    images.write(storage, "bomb.avif", flat, compression="av1", effort=0, Q=10)
+    images.jpeg(storage, "after.jpg", 800, 600)
+    options = replace(default_options(), decode_budget_mb=0)
+    backend = ProcessPoolBackend(storage, options, size=1, memory_mb=600)
+    try:
+        await backend.warm_up()
+        [pid] = backend.pids
+        [bomb] = await backend.render_batch([RenderRequest(1, "bomb", "avif")])
+        assert (bomb.ok, bomb.permanent, bomb.error_type) == (False, True, "TooMuchMemoryError"), bomb.error
+        assert "RENDER_MEMORY_MB" in (bomb.error or "")
+        [after] = await backend.render_batch([RenderRequest(2, "after", "jpg")])
+        assert after.ok, after.error
+        assert backend.pids == [pid]  # the same process, not a crashed and replaced one
+    finally:
+        await backend.close()
+
+
+def test_pool_size_follows_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cpus(tmp_path / "absent") == len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == len(os.sched_getaffinity(0))
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs
+    assert usable_cpus(cpu_max) == min(2, len(os.sched_getaffinity(0)))
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cpus(cpu_max) == 1
+    assert Settings().pool_size == usable_cpus()
+    assert Settings(img_pool_size=3).pool_size == 3

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -305,3 +309,69 @@ def test_a_broken_large_folder_does_not_fail_an_image_that_needs_no_large(storag
     result = run(storage, *images.jpeg(storage, "small.jpg", 400, 300))
     assert result.ok, result.error
     assert result.outputs["large"].status is VariantStatus.NONE
+
+
+def _fleet_render(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", "render", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("planted", ["thumbs/2025-01-01-7.webp", "fullsize/2025-01-01-7.jpg"])
+def test_fleet_render_refuses_a_planted_symlink_before_writing(
+    storage: Path, tmp_path: Path, planted: str
+) -> None:
+    """A symlink planted at an output (or at the copy of the original) is refused before any
+    write: the file it leads to keeps its bytes and its mtime."""
+    upload = tmp_path / "upload" / "2025-01-01-7.jpg"
+    upload.parent.mkdir()
+    images.pattern(900, 600).write_to_file(str(upload), Q=90)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious, not an image")
+    os.utime(outside, (1_000_000_000, 1_000_000_000))
+    link = storage / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    done = _fleet_render(str(upload), "--storage", str(storage), "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stdout.splitlines()
+    assert "UnsafePathError" in json.loads(line)["error"] and "symlink" in json.loads(line)["error"]
+    assert outside.read_bytes() == b"precious, not an image"
+    assert outside.stat().st_mtime == 1_000_000_000
+    assert link.is_symlink()
+
+
+def test_a_progressive_jpeg_of_many_scans_is_refused_from_its_header(storage: Path) -> None:
+    from tests.hostile import many_scan_jpeg
+
+    (storage / "fullsize").mkdir(exist_ok=True)
+    (storage / "fullsize" / "scans.jpg").write_bytes(many_scan_jpeg(883))
+    result = run(storage, "scans", "jpg")
+    assert (result.ok, result.permanent, result.error_type) == (False, True, "TooManyScansError")
+    assert "100 scans" in (result.error or "")
+    assert not (storage / "thumbs").exists()  # refused before any decode
+
+
+def test_an_ordinary_progressive_jpeg_still_renders(storage: Path) -> None:
+    from imgworker.render.steps import count_scans
+
+    name = images.jpeg(storage, "prog.jpg", 1600, 1200, interlace=True)
+    assert 5 <= count_scans((storage / "fullsize" / "prog.jpg").read_bytes(), 100) <= 12
+    assert run(storage, *name).ok
+
+
+def test_avif_thumbnail_and_iqdb_jpeg_come_from_the_primary_image_not_the_embedded_one(
+    storage: Path,
+) -> None:
+    """The uploader controls an AVIF's embedded thumbnail item: here a green picture inside a red
+    one. Moderation (the thumbnail) and duplicate search (the IQDB JPEG) must see the red one."""
+    from tests.hostile import avif_decoy
+
+    (storage / "fullsize").mkdir(exist_ok=True)
+    (storage / "fullsize" / "decoy.avif").write_bytes(avif_decoy())
+    result = run(storage, "decoy", "avif", iqdb=True)
+    assert result.ok, result.error
+    for variant in ("thumb", "iqdb"):
+        image = open_out(storage, result.outputs[variant].path)
+        difference = [abs(image[band].avg() - want) for band, want in enumerate((250, 0, 0))]
+        assert max(difference) < 8, (variant, difference)

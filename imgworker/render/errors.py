@@ -25,3 +25,13 @@ class StorageError(RenderError):
     """Writing an output failed (disk full, permissions): may pass, so it is retried."""
 
     permanent = False
+
+
+class TooMuchMemoryError(RenderError):
+    """Decoding needs more memory than a render may use: refused from the header (the decoded
+    bytes are over RENDER_DECODE_BUDGET_MB), or an allocation failed under RENDER_MEMORY_MB."""
+
+
+class TooManyScansError(RenderError):
+    """A progressive JPEG with more scans than any encoder makes: each scan is a pass over the
+    whole image, so hundreds of them cost tens of CPU-seconds."""

@@ -57,6 +57,9 @@ class Variant:
 class RenderOptions:
     variants: tuple[Variant, ...]
     max_pixels: int = 100_000_000
+    decode_budget_mb: int = 512
+    """Formats decoded whole (AVIF, interlaced PNG, progressive JPEG, GIF) are refused from the
+    header when their decoded bytes are over this (0: no budget)."""
     fail_on: str = "truncated"
     """libvips' fail_on for loads: a truncated file is an error, not a grey-filled image."""
     skip_current_since: float | None = None
@@ -81,6 +84,7 @@ def default_options(
     large_edge: int = 2048,
     variant_quality: int = 90,
     max_pixels: int = 100_000_000,
+    decode_budget_mb: int = 512,
     iqdb: bool = False,
 ) -> RenderOptions:
     """The board's variants; ``iqdb`` adds ``iqdb/{filename}.jpg``, the thumbnail's pixels as
@@ -101,7 +105,7 @@ def default_options(
     ]
     if iqdb:
         variants.append(Variant("iqdb", "iqdb", thumb_width, thumb_height, 90, "jpeg", always=True))
-    return RenderOptions(variants=tuple(variants), max_pixels=max_pixels)
+    return RenderOptions(variants=tuple(variants), max_pixels=max_pixels, decode_budget_mb=decode_budget_mb)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import pyvips
 
 from fleet.paths import UnsafePathError
 from imgworker.render import steps, storage
-from imgworker.render.errors import RenderError, UnsupportedImageError
+from imgworker.render.errors import RenderError, TooMuchMemoryError, UnsupportedImageError
 from imgworker.render.options import (
     Output,
     RenderOptions,
@@ -41,7 +41,9 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
         error: Exception = exc
     except pyvips.Error as exc:
         # Pixel data is decoded lazily, so a corrupt body surfaces here, not at inspect().
-        error = UnsupportedImageError(f"cannot decode {file}: {steps._vips_message(exc)}")
+        error = _decode_error(file, exc)
+    except MemoryError:
+        error = TooMuchMemoryError(f"{file}: out of memory (over RENDER_MEMORY_MB)")
     else:
         seconds = time.perf_counter() - started
         failed = [out for out in outputs.values() if out.failed]
@@ -68,9 +70,19 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
     )
 
 
+def _decode_error(file: str, exc: pyvips.Error) -> RenderError:
+    """What a libvips error during decode or encode means for this image: an allocation that
+    failed under the memory limit, or data it cannot decode. Both are the image's own, for good."""
+    if steps.out_of_memory(exc):
+        return TooMuchMemoryError(
+            f"{file}: out of memory (over RENDER_MEMORY_MB): {steps._vips_message(exc)}"
+        )
+    return UnsupportedImageError(f"cannot decode {file}: {steps._vips_message(exc)}")
+
+
 def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
     source = storage.original_path(root, request.filename, request.ext)
-    header = steps.inspect(source, options.max_pixels)
+    header = steps.inspect(source, options.max_pixels, options.decode_budget_mb)
     wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
     original = source.stat()
     if _current(root, request, wanted, original.st_mtime, options):
@@ -96,7 +108,9 @@ def _cascade(
     from the one before it (large -> medium -> thumb), or from the decode when its box does not
     fit inside the one before (a wide thumbnail box, say)."""
     width, height = max(v.width for v in wanted), max(v.height for v in wanted)
-    image = steps.to_srgb(steps.load(source, width, height, options.fail_on, header.has_profile))
+    image = steps.to_srgb(
+        steps.load(source, header.format, width, height, options.fail_on, header.has_profile)
+    )
     if len(wanted) > 1 or image.hasalpha():
         # Decode once, into memory: each smaller variant starts from these pixels, and the
         # alpha band is checked without a second decode. A lone opaque variant streams

@@ -12,7 +12,7 @@ import secrets
 import time
 from pathlib import Path
 
-from fleet.paths import check_name, inside
+from fleet.paths import UnsafePathError, check_name, inside
 from imgworker.render.errors import MissingOriginalError, StorageError
 
 ORIGINALS = "fullsize"
@@ -27,7 +27,10 @@ def original_path(root: Path, filename: str, ext: str) -> Path:
 
 
 def output_path(root: Path, folder: str, filename: str, ext: str, *, create: bool = True) -> Path:
-    """Where an output goes; its folder is made unless ``create`` is False (only to remove one)."""
+    """Where an output goes; its folder is made unless ``create`` is False (only to remove one).
+
+    The folder must resolve inside the root and the file must not be a symlink: a planted link
+    is refused before anything is written or touched, wherever it leads."""
     check_name(filename, ext)
     directory = root / folder
     if create:
@@ -35,7 +38,14 @@ def output_path(root: Path, folder: str, filename: str, ext: str, *, create: boo
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {directory}: {exc}") from exc
-    return inside(root, directory) / f"{filename}.{ext}"
+    return not_a_symlink(inside(root, directory) / f"{filename}.{ext}")
+
+
+def not_a_symlink(path: Path) -> Path:
+    """``path``, unless it is a symlink (we never write through one)."""
+    if path.is_symlink():
+        raise UnsafePathError(f"{path} is a symlink; refusing to write through it")
+    return path
 
 
 def atomic_write(path: Path, data: bytes) -> bool:
