@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import filecmp
 import json
 import shutil
 import sys
@@ -30,17 +31,36 @@ def register(sub: Any) -> None:
         help="storage root to write into (default: the root FILE is stored under, else STORAGE_PATH); "
         "a FILE outside ROOT/fullsize is copied there first",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite a different original already stored under the same name (refused without it)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     parser.set_defaults(run=run)
 
 
-def stage(file: Path, storage: Path | None) -> tuple[Path, RenderRequest]:
-    """The storage root and request for ``file``, copying it under ``root/fullsize`` if needed."""
+class OriginalExistsError(Exception):
+    """Another original is stored under the name: STORAGE_PATH is usually the live archive."""
+
+
+def stage(file: Path, storage: Path | None, replace: bool = False) -> tuple[Path, RenderRequest]:
+    """The storage root and request for ``file``, copying it under ``root/fullsize`` if needed.
+
+    A different original already stored under the name is never overwritten unless
+    ``replace``: the board's originals are irreplaceable."""
     file = file.resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
     if storage is None:
         storage = file.parent.parent if file.parent.name == ORIGINALS else get_settings().storage_path
     stored = not_a_symlink(inside(storage, storage / ORIGINALS) / file.name)
     if stored != file:
+        if stored.exists() and not replace and not filecmp.cmp(stored, file, shallow=False):
+            raise OriginalExistsError(
+                f"{ORIGINALS}/{stored.name} in {storage} is another original: not overwritten "
+                "(--replace to overwrite it)"
+            )
         stored.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, stored)
     filename, _, ext = file.name.rpartition(".")
@@ -65,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for file in args.files:
         try:
-            root, request = stage(file, args.storage)
-        except UnsafePathError as exc:  # refused before anything was copied or written
-            result = RenderResult(0, str(file), False, error=str(exc), error_type=type(exc).__name__)
+            root, request = stage(file, args.storage, args.replace)
+        except (UnsafePathError, OriginalExistsError, OSError) as exc:  # refused before any write; go on
+            message = str(exc) if not isinstance(exc, OSError) else f"{file}: {exc.strerror or exc}"
+            result = RenderResult(0, str(file), False, error=message, error_type=type(exc).__name__)
         else:
             result = render(root, request, options)
         result.file = str(file)

@@ -298,3 +298,41 @@ async def test_the_readme_example_api_commands_work_as_written(tmp_path: Path) -
             if process is not None:  # the shell and what it started
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=60)
+
+
+def test_fleet_render_never_overwrites_a_live_original_unless_asked(tmp_path: Path) -> None:
+    from tests import images
+
+    archive = tmp_path / "archive"
+    images.jpeg(archive, "prog.jpg", 400, 300)
+    live = (archive / "fullsize" / "prog.jpg").read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "prog.jpg").write_bytes(images.pattern(320, 200).pngsave_buffer())  # another picture
+    env = bare_env(STORAGE_PATH=str(archive))
+    refused = fleet(env, "render", str(other / "prog.jpg"))
+    assert refused.returncode == 1
+    assert "fullsize/prog.jpg" in refused.stdout and "--replace" in refused.stdout
+    assert (archive / "fullsize" / "prog.jpg").read_bytes() == live  # the live original is intact
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "prog.jpg").write_bytes(live)  # the very same bytes: nothing to protect
+    assert fleet(env, "render", str(same / "prog.jpg")).returncode == 0
+    replaced = fleet(env, "render", "--replace", str(other / "prog.jpg"))
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert (archive / "fullsize" / "prog.jpg").read_bytes() == (other / "prog.jpg").read_bytes()
+
+
+def test_fleet_render_reports_a_missing_file_and_goes_on(tmp_path: Path) -> None:
+    from tests import images
+
+    images.jpeg(tmp_path, "a.jpg", 300, 200)
+    images.jpeg(tmp_path, "b.jpg", 300, 200)
+    files = [str(tmp_path / "fullsize" / n) for n in ("a.jpg", "missing.jpg", "b.jpg")]
+    done = fleet(bare_env(STORAGE_PATH=str(tmp_path)), "render", *files)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == files
+    assert " ok " in lines[0] and " ok " in lines[2] and "no such file" in lines[1]
+    assert "1 of 3 failed" in done.stderr
+    assert (tmp_path / "thumbs" / "b.webp").exists()
