@@ -12,8 +12,11 @@ import contextlib
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +100,27 @@ async def collect(mode: str, pillow_simd: str | None = None) -> dict[str, Any]:
         results["limit"] = img.limit(root, archive + big, settings, sizes["repeat"])
         results["memory"] = img.memory(root, big, settings, sizes["memory_per_kind"])
         results["latency"] = await img.latency_and_enqueue(settings, archive, sizes["uploads"])
+        results["cli"] = cli_start(settings, sizes["rounds"] * 3)
     results["light"] = await light.main(sizes["light_jobs"])
     return results
+
+
+def cli_start(settings: Settings, runs: int) -> dict[str, Any]:
+    """Wall time of ``fleet health`` (start-up, one Redis round trip, exit) as the container
+    healthcheck runs it, median of ``runs``: the command runs every few seconds on every replica."""
+    env = {**os.environ, **settings.as_env()}
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "fleet", "health", "--queue", "img"], env=env, capture_output=True
+        )
+        times.append(time.perf_counter() - started)
+    return {
+        "health_s_median": round(statistics.median(times), 3),
+        "health_s_min": round(min(times), 3),
+        "runs": runs,
+    }
 
 
 def run(args: argparse.Namespace) -> int:

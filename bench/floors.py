@@ -23,4 +23,5 @@ TARGETS: dict[str, tuple[str, float]] = {
     "idle_queue_to_start_p99_ms": ("<=", 100.0),
     "bulk_feeder_images_per_s": (">=", 20000.0),
     "thumbnail_p95_ratio": ("<=", 2.0),
+    "fleet_health_start_s": ("<=", 0.3),  # a container healthcheck, every few seconds
 }

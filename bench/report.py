@@ -13,7 +13,8 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     """The numbers floors and targets are about, flattened."""
     img, upload, lim, lat = results["img"], results["per_upload"], results["limit"], results["latency"]
     idle = lat["latency_ms"]["idle"]["queue_to_start"]
-    return {
+    start = {"fleet_health_start_s": results["cli"]["health_s_median"]} if "cli" in results else {}
+    return start | {
         "efficiency": img["efficiency"],
         "cascade_speedup": upload["cascade_speedup"],
         "pillow_speedup": upload["pillow_speedup"],
