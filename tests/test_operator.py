@@ -222,7 +222,7 @@ async def test_images_dead_lettered_inside_a_bulk_batch_are_counted(settings: Se
     (settings.storage_path / "fullsize" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
     counter = metrics.JOBS_DEAD_LETTERED.labels("img-bulk", "render_batch")
     before = counter._value.get()
-    batch = RenderBatch("run1", [1, 2], [good[0], "broken"], ["jpg", "jpg"], [], mode="all", with_db=False)
+    batch = RenderBatch("abc123", [1, 2], [good[0], "broken"], ["jpg", "jpg"], [], mode="all", with_db=False)
     async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
         job = await client.enqueue(RENDER_BATCH, batch)
         counts = await job.result(timeout=60, poll_delay=0.05)

@@ -164,7 +164,7 @@ async def test_state_shows_replicas_and_bulk_runs_with_progress_and_eta(
     beat = health.Heartbeat(settings, Queue.IMG, health.ReplicaStats(succeeded=5, pool_size=3))
     beat.replica = "host-a:1"
     await beat.beat(client.redis)
-    run = f"{settings.namespace}:rethumb:run1"
+    run = f"{settings.namespace}:rethumb:0a1b2c"
     started = time.time() - 100
     await client.redis.hset(  # type: ignore[misc]
         run, mapping={"total": 1000, "fed": 500, "rendered": 180, "skipped": 20, "failed": 0,
@@ -178,7 +178,7 @@ async def test_state_shows_replicas_and_bulk_runs_with_progress_and_eta(
     assert 0 <= replica["beat_age_s"] < settings.health_interval_s
     assert replica["pool_size"] == 3 and replica["rss_bytes"] > 10_000_000  # this test process
     (shown,) = state["runs"]
-    assert shown["run_id"] == "run1" and shown["done"] == 200 and not shown["finished"]
+    assert shown["run_id"] == "0a1b2c" and shown["done"] == 200 and not shown["finished"]
     assert 1.9 < shown["images_per_s"] <= 2.0  # 200 in a bit over 100 s
     assert 400 <= shown["eta_s"] <= 401  # 800 left at that rate
     assert next(q for q in state["queues"] if q["queue"] == "img")["live_replicas"] == 1

@@ -17,7 +17,7 @@ from fleet import health
 from fleet.bulk import OUTCOMES, BulkRun
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters, retry
-from fleet.errors import FleetError
+from fleet.errors import FleetError, InvalidPayloadError
 from fleet.registry import Queue
 from fleet.settings import Settings
 
@@ -65,7 +65,10 @@ async def bulk_runs(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]
         run_id = raw_key.decode()[len(prefix) :]
         if ":" in run_id:  # the run's bitmap of finished ids
             continue
-        state = await BulkRun(redis, settings.namespace, run_id).state()
+        try:
+            state = await BulkRun(redis, settings.namespace, run_id).state()
+        except InvalidPayloadError:  # not a run fleet made (a planted key): not shown
+            continue
         if "total" in state:
             runs.append(_run_progress(run_id, state))
     return sorted(runs, key=lambda run: -run["started_at"])
