@@ -23,9 +23,11 @@ from fleet.health import check
 from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
-from tests import images
+from tests import images, test_bulk
 from tests.conftest import running_worker
-from tests.test_bulk import board, bulk_settings, rethumb_cli  # noqa: F401  (a fixture)
+from tests.test_bulk import board, rethumb_cli
+
+bulk_settings = test_bulk.bulk_settings  # the same fixture: a SQLite board, small batches
 
 PENDING = 2
 
