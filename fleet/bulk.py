@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db, serializer
 from fleet.errors import FleetError, InvalidPayloadError
-from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, RenderBatch, queue_key
+from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch, queue_key
 from fleet.settings import Settings
 
 OUTCOMES = ("rendered", "skipped", "failed")
@@ -63,14 +63,31 @@ return 0
 """
 
 
+def render_settings(settings: Settings) -> dict[str, Any]:
+    """What the outputs depend on, by setting name: a change of any of these makes every
+    output stale. Img workers beat it, so the feeder can name the settings that differ."""
+    return {
+        "THUMB_WIDTH": settings.thumb_width, "THUMB_HEIGHT": settings.thumb_height,
+        "THUMB_FORMAT": settings.thumb_format, "THUMB_QUALITY": settings.thumb_quality,
+        "THUMB_SHARPEN": settings.thumb_sharpen, "MEDIUM_EDGE": settings.medium_edge,
+        "LARGE_EDGE": settings.large_edge, "VARIANT_QUALITY": settings.variant_quality,
+        "IQDB_URL set": settings.iqdb_url is not None,
+    }  # fmt: skip
+
+
 def render_fingerprint(settings: Settings) -> str:
-    """What the outputs depend on: a change of any of these makes every output stale."""
-    fields = (
-        settings.thumb_width, settings.thumb_height, settings.thumb_format, settings.thumb_quality,
-        settings.thumb_sharpen,
-        settings.medium_edge, settings.large_edge, settings.variant_quality, settings.iqdb_url is not None,
-    )  # fmt: skip
-    return hashlib.sha1(repr(fields).encode()).hexdigest()[:12]
+    """A short hash of ``render_settings`` (the same tuple as before it had names, so existing
+    runs and settings times keep their keys)."""
+    return hashlib.sha1(repr(tuple(render_settings(settings).values())).encode()).hexdigest()[:12]
+
+
+def settings_differ(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """The settings two render fingerprints differ in, as ``NAME=here (there)`` pairs."""
+    return ", ".join(
+        f"{name}={ours[name]} here ({theirs.get(name)} there)"
+        for name in ours
+        if theirs.get(name) != ours[name]
+    )
 
 
 async def settings_since(redis: ArqRedis, settings: Settings) -> float:
@@ -109,6 +126,10 @@ class BulkRun:
             pipe.hset(self.key, mapping={**mapping, "ttl_s": self.ttl_s})
             pipe.expire(self.key, self.ttl_s)
             await pipe.execute()
+
+    async def note(self, name: str, text: str) -> None:
+        """Keep a worker's word on the run (e.g. why it refused a batch) for the summary."""
+        await self.redis.hset(self.key, name, text)  # type: ignore[misc]  # redis-py types: sync|async
 
     async def unfinished(self, image_ids: list[int]) -> set[int]:
         """The ids among ``image_ids`` with no outcome recorded yet (one round trip)."""
@@ -322,13 +343,19 @@ async def rethumb(
     dry_run: bool = False,
     progress: Progress | None = None,
     poll_s: float = 0.2,
+    wait_for_workers_s: float = 60.0,
+    warn: Callable[[str], None] | None = None,
 ) -> Summary:
     """Feed a bulk run to the img-bulk queue and wait for it to finish.
 
-    ``force`` starts the run over and renders everything, current outputs included."""
+    ``force`` starts the run over and renders everything, current outputs included. A resumed
+    run keeps the options it started with (mode, variants, reindex), whatever this call says.
+    With no live img-bulk worker for ``wait_for_workers_s`` (0: for ever) the feeder stops with
+    a FleetError (the run stays resumable); ``warn`` hears at once that none serves."""
+    if selection.from_dir is not None:
+        check_folder(settings, selection.from_dir)
     work = WorkList(selection, engine)
     run = BulkRun(redis, settings.namespace, selection.run_id(settings), settings.bulk_run_ttl_s)
-    mode = "all" if force else selection.mode
     state = await run.state()
     if dry_run:
         return Summary(run.run_id, total=await work.count(), dry_run=True)
@@ -340,6 +367,9 @@ async def rethumb(
         raise FleetError(
             f"run {run.run_id} was interrupted: pass --resume to continue it, or --force to start over"
         )
+    watch = WorkerWatch(redis, settings, wait_for_workers_s, warn)
+    await watch.refuse_other_settings()
+    resuming = bool(state) and not force
     if force or not state:
         await run.delete()
         total = await work.count()
@@ -349,11 +379,15 @@ async def rethumb(
             "fed": 0,
             "started_at": time.time(),
             "finished": 0,
+            "mode": "all" if force else selection.mode,
+            "variants": ",".join(selection.variants),
+            "reindex": selection.reindex,
         }
         if (listing := work.fingerprint()) is not None:
             fresh["listing"] = listing
         await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
         state = await run.state()
+    options = _run_options(state, selection)
     started = time.monotonic()
     total, cursor = int(state["total"]), int(state["cursor"])
     counts_at_start = await run.processed()
@@ -364,6 +398,8 @@ async def rethumb(
         counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
         if progress is not None:
             progress(counts, time.monotonic() - started, final)
+        if not final:
+            await watch.served(run.run_id)
         return counts["fed"], sum(counts[o] for o in OUTCOMES)
 
     size = settings.bulk_batch_size
@@ -375,10 +411,11 @@ async def rethumb(
                 image_ids=[i for i, _, _ in items],
                 filenames=[f for _, f, _ in items],
                 exts=[e for _, _, e in items],
-                variants=list(selection.variants),
-                mode=mode,
-                reindex=selection.reindex,
+                variants=list(options["variants"]),
+                mode=options["mode"],
+                reindex=options["reindex"],
                 with_db=selection.from_dir is None,
+                fingerprint=render_fingerprint(settings),
             )
             for items in (page[k : k + size] for k in range(0, len(page), size))
         ]
@@ -399,7 +436,97 @@ async def rethumb(
     summary.seconds = round(time.monotonic() - started, 3)
     done_now = summary.rendered + summary.skipped + summary.failed - counts_at_start
     summary.images_per_s = round(done_now / summary.seconds, 2) if summary.seconds else 0.0
+    summary.extra["options"] = {**options, "variants": list(options["variants"])}
+    if resuming:
+        summary.extra["resumed"] = True  # with the options the run started with
     return summary
+
+
+def _run_options(state: dict[str, str], selection: Selection) -> dict[str, Any]:
+    """The options a run started with (a run from before they were stored: the selection's)."""
+    variants = state.get("variants")
+    return {
+        "mode": state.get("mode") or selection.mode,
+        "variants": tuple(v for v in variants.split(",") if v)
+        if variants is not None
+        else selection.variants,
+        "reindex": state.get("reindex") or selection.reindex,
+    }
+
+
+def check_folder(settings: Settings, folder: Path) -> None:
+    """Workers read originals from STORAGE_PATH/fullsize only: another folder would list its
+    files, then fail every one of them as a missing original."""
+    root = settings.storage_path / "fullsize"
+    if not folder.is_dir():
+        raise FleetError(f"--from-dir {folder} is not a folder")
+    if folder.resolve() != root.resolve():
+        raise FleetError(
+            f"--from-dir {folder} is not the originals folder {root} (STORAGE_PATH/fullsize): workers "
+            "read originals only from there; move or link the files into it, or set STORAGE_PATH to "
+            "the root that holds this folder as fullsize/"
+        )
+
+
+class WorkerWatch:
+    """Whether live replicas serve the img-bulk queue, and with this feeder's render settings:
+    a feeder with no worker (wrong NAMESPACE, none started yet, the stock arq command without
+    the bulk settings) says so at once and gives up after ``wait_s`` instead of waiting for ever."""
+
+    def __init__(
+        self, redis: ArqRedis, settings: Settings, wait_s: float, warn: Callable[[str], None] | None
+    ) -> None:
+        self.redis, self.settings, self.wait_s, self.warn = redis, settings, wait_s, warn
+        self.missing_since: float | None = None
+        self.next_check = 0.0
+
+    async def refuse_other_settings(self) -> None:
+        """Refuse to start when live img-bulk replicas render with other settings: their
+        outputs would count as current, or they would refuse every batch."""
+        from fleet.health import beats, check
+
+        live = (await check(self.redis, self.settings, Queue.IMG_BULK)).live
+        ours = render_settings(self.settings)
+        infos = await beats(self.redis, self.settings, Queue.IMG_BULK, live)
+        other = {
+            name: info["render"]
+            for name, info in zip(live, infos, strict=True)
+            if info.get("render", ours) != ours
+        }
+        if other:
+            replica, theirs = next(iter(other.items()))
+            raise FleetError(
+                f"{len(other)} of {len(live)} live img-bulk workers render with other settings "
+                f"(e.g. {replica}: {settings_differ(ours, theirs)}): restart them with this feeder's "
+                "settings (or run rethumb with theirs); nothing was queued"
+            )
+
+    async def served(self, run_id: str) -> None:
+        """Checked at most once a second: warn when no live replica serves img-bulk, and stop
+        after ``wait_s`` without one (the run stays resumable)."""
+        from fleet.health import check
+
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + 1.0
+        if (await check(self.redis, self.settings, Queue.IMG_BULK)).live:
+            self.missing_since = None
+            return
+        where = f"the img-bulk queue of NAMESPACE={self.settings.namespace}"
+        if self.missing_since is None:
+            self.missing_since = now
+            if self.warn is not None:
+                limit = f"for {self.wait_s:g} s" if self.wait_s else "for ever"
+                self.warn(
+                    f"no live worker serves {where}: start `fleet worker img` (or the arq "
+                    f"BulkWorkerSettings), or check NAMESPACE and REDIS_URL; waiting {limit}"
+                )
+        elif self.wait_s and now - self.missing_since >= self.wait_s:
+            raise FleetError(
+                f"no worker served {where} for {self.wait_s:g} s: start `fleet worker img` with the "
+                f"same NAMESPACE and REDIS_URL, then `fleet rethumb … --resume` continues run {run_id}"
+            )
 
 
 def _check_unchanged(work: WorkList, run: BulkRun, state: dict[str, str]) -> None:
@@ -433,4 +560,5 @@ def _summary(run_id: str, state: dict[str, str], already_finished: bool = False)
         skipped=int(state.get("skipped", 0)),
         failed=int(state.get("failed", 0)),
         already_finished=already_finished,
+        extra={"refused": state["refused"]} if "refused" in state else {},
     )

@@ -283,20 +283,35 @@ async def _rethumb(args: argparse.Namespace) -> int:
         async with await _connect(configured) as client:
             summary = await rethumb(
                 client.redis, configured, selection, engine=engine, resume=args.resume, force=args.force,
-                dry_run=args.dry_run, progress=reporter,
+                dry_run=args.dry_run, progress=reporter, wait_for_workers_s=args.wait_for_workers,
+                warn=lambda line: print(f"fleet rethumb: {line}", file=sys.stderr, flush=True),
             )  # fmt: skip
     finally:
         if engine is not None:
             await engine.dispose()
     data = summary.as_json()
     if summary.already_finished:
-        print(f"run {summary.run_id} already finished; --force renders it again", file=sys.stderr)
+        print(
+            f"run {summary.run_id} already finished; --missing renders what has no outputs yet "
+            "(e.g. images added since), --force renders it all again",
+            file=sys.stderr,
+        )
+    elif "resumed" in data:
+        print(
+            f"run {summary.run_id} resumed with the options it started with: {data['options']}",
+            file=sys.stderr,
+        )
+    if "refused" in data:
+        print(f"fleet rethumb: workers refused the run: {data['refused']}", file=sys.stderr)
     print(json.dumps(data))
     return 1 if summary.failed else 0
 
 
-def async_command(name: str, body: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Command:
-    """A command running ``body`` in an event loop; fleet's own errors become one clear line."""
+def async_command(
+    name: str, body: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], interrupted: str = ""
+) -> Command:
+    """A command running ``body`` in an event loop; fleet's own errors become one clear line,
+    and so does Ctrl-C (with ``interrupted``, what to do next)."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -305,7 +320,7 @@ def async_command(name: str, body: Callable[[argparse.Namespace], Coroutine[Any,
             print(f"fleet {name}: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print(f"fleet {name}: interrupted", file=sys.stderr)
+            print(f"fleet {name}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
             return 130
         except Exception as exc:
             if (problem := _database_problem(exc)) is None:
@@ -465,7 +480,18 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
     rethumb.add_argument("--force", action="store_true", help="start over and render everything")
     rethumb.add_argument("--dry-run", action="store_true", help="count the work, queue nothing")
     rethumb.add_argument("--json", action="store_true", help="only the final JSON summary")
-    rethumb.set_defaults(run=async_command("rethumb", _rethumb))
+    rethumb.add_argument(
+        "--wait-for-workers",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when no worker serves img-bulk for this long (default 60; 0: wait for ever)",
+    )
+    rethumb.set_defaults(
+        run=async_command(
+            "rethumb", _rethumb, interrupted="the run is kept: the same command with --resume continues it"
+        )
+    )
 
     database = sub.add_parser("db", help="init: make fleet's demo tables in the embedded SQLite")
     database.add_argument("action", choices=["init"])

@@ -183,6 +183,13 @@ class Heartbeat:
         self.replica = replica_id()
         self._task: asyncio.Task[None] | None = None
         self._registered: Path | None = None
+        self.render: dict[str, Any] | None = None
+        """An img worker's render settings, beaten so that ``fleet rethumb`` can refuse to feed
+        workers that render with others (and name the settings that differ)."""
+        if queue in (Queue.IMG, Queue.IMG_BULK):
+            from fleet.bulk import render_settings
+
+            self.render = render_settings(settings)
 
     def start(self, redis: ArqRedis) -> None:
         self.replica = replica_id()  # the process that serves, whoever built the settings
@@ -220,6 +227,7 @@ class Heartbeat:
             "problem": self.stats.problem,
             "pool_size": self.stats.pool_size,
             "rss_bytes": _rss_bytes(),
+            "render": self.render,
         }
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.replica: now})

@@ -176,6 +176,9 @@ class RenderBatch:
     with_db: bool = True
     """Whether ids are board ids (flags and IQDB follow) or folder positions."""
     attempt: int = 1
+    fingerprint: str = ""
+    """The feeder's ``render_fingerprint``: a worker rendering with other settings refuses the
+    batch for good instead of skipping its images as current ("": not checked)."""
 
 
 # --- jobs ---------------------------------------------------------------------------------

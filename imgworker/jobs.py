@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fleet.bulk import BulkRun
+from fleet.bulk import BulkRun, render_fingerprint
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
 from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
@@ -85,6 +85,25 @@ async def render_upload(ctx: Context, payload: RenderUpload) -> dict[str, Any]:
     return dataclasses.asdict(result)
 
 
+async def refuse_other_settings(
+    run: BulkRun, payload: RenderBatch, settings: Settings, unfinished: list[int]
+) -> None:
+    """A batch fed for other render settings is refused for good, its images counted failed
+    and the reason kept in the run: skipping them as "current" would report a run that
+    changed nothing as finished."""
+    ours = render_fingerprint(settings)
+    if not payload.fingerprint or payload.fingerprint == ours:
+        return
+    reason = (
+        f"this worker renders with settings {ours}, the run was fed for {payload.fingerprint}: "
+        "restart the img workers with the feeder's settings, then `fleet rethumb --force`"
+    )
+    await run.note("refused", reason)
+    for image_id in unfinished:
+        await run.record(image_id, "failed")
+    raise PermanentError(reason, kind="RenderSettingsMismatch")
+
+
 @handles(RENDER_BATCH)
 async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     """Re-render a batch of a bulk run, below every upload in the pool's order.
@@ -98,6 +117,7 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
         raise PermanentError("image_ids, filenames and exts differ in length", kind="InvalidPayloadError")
     run = BulkRun(ctx["redis"], settings.namespace, payload.run_id)
     unfinished = await run.unfinished([image_id for image_id, _, _ in items])
+    await refuse_other_settings(run, payload, settings, sorted(unfinished))
     todo = [item for item in items if item[0] in unfinished]
     options = render_options(settings, payload.variants, payload.mode, ctx.get("settings_since"))
     backend: RenderBackend = ctx["backend"]
@@ -116,7 +136,8 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     again: list[tuple[int, str, str]] = []
     for item, result in zip(todo, results, strict=True):
         image_id, filename, ext = item
-        if result.outputs and payload.with_db and not result.skipped:  # a failed medium leaves the thumbnail
+        # A failed medium leaves the thumbnail; a skip reports what is on disk, so its flags settle too.
+        if result.outputs and payload.with_db:
             await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=gives_up(result))
         if result.ok:
             outcome = "skipped" if result.skipped else "rendered"

@@ -35,8 +35,9 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
         outputs = _render(root, request, options)
-    except _AlreadyCurrent:
-        return RenderResult(request.image_id, file, True, skipped=True, seconds=time.perf_counter() - started)
+    except _AlreadyCurrent as current:
+        seconds = time.perf_counter() - started
+        return RenderResult(request.image_id, file, True, current.outputs, skipped=True, seconds=seconds)
     except (RenderError, UnsafePathError) as exc:
         error: Exception = exc
     except pyvips.Error as exc:
@@ -86,7 +87,7 @@ def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[
     wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
     original = source.stat()
     if _current(root, request, wanted, original.st_mtime, options):
-        raise _AlreadyCurrent
+        raise _AlreadyCurrent(_on_disk(root, request, wanted, options))
     outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
     if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
         return outputs
@@ -129,7 +130,28 @@ def _cascade(
 
 
 class _AlreadyCurrent(Exception):
-    pass
+    def __init__(self, outputs: dict[str, Output]) -> None:
+        super().__init__("outputs already current")
+        self.outputs = outputs
+
+
+def _on_disk(
+    root: Path, request: RenderRequest, wanted: list[Variant], options: RenderOptions
+) -> dict[str, Output]:
+    """A skipped original's outputs as they are on disk, unchanged (nothing is encoded): the
+    board's flags are still settled from them (a file there is READY, none is NONE), and IQDB
+    is only told by the reindex rule, since the thumbnail's bytes did not change."""
+    outputs: dict[str, Output] = {}
+    for variant in options.variants:
+        path = storage.output_path(
+            root, variant.folder, request.filename, variant.ext(request.ext), create=False
+        )
+        if variant in wanted and path.is_file():
+            relative = f"{variant.folder}/{path.name}"
+            outputs[variant.name] = Output(variant.name, VariantStatus.READY, relative, changed=False)
+        else:
+            outputs[variant.name] = Output(variant.name, VariantStatus.NONE)
+    return outputs
 
 
 def _current(
