@@ -336,3 +336,19 @@ def test_fleet_render_reports_a_missing_file_and_goes_on(tmp_path: Path) -> None
     assert " ok " in lines[0] and " ok " in lines[2] and "no such file" in lines[1]
     assert "1 of 3 failed" in done.stderr
     assert (tmp_path / "thumbs" / "b.webp").exists()
+
+
+def test_the_readme_lists_every_stock_arq_worker_settings() -> None:
+    """Without BulkWorkerSettings under the stock arq CLI, bulk runs wait for ever."""
+    import importlib
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"`arq ([a-z]+\.worker\.[A-Za-z]+)`", readme))
+    exported = {
+        f"{module}.{name}"
+        for module in ("imgworker.worker", "ratingworker.worker")
+        for name in dir(importlib.import_module(module))
+        if name.endswith("WorkerSettings")
+    }
+    assert exported and listed == exported
