@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -39,14 +40,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, for this module's tests."""
+@contextlib.contextmanager
+def moto_server(**env: str) -> Iterator[str]:
+    """moto's S3 server on a free loopback port; yields its endpoint."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -61,6 +63,13 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """One server for this module's tests (a fresh bucket each)."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -143,8 +152,17 @@ def test_a_missing_original_or_bucket_fails_for_good_with_a_clear_error(
     assert (missing.error_type, missing.permanent) == ("MissingOriginalError", True)
     nowhere = ObjectStore(BucketConfig("no-such-bucket-here", s3_endpoint, "us-east-1", "test", "test"))
     result = render(nowhere, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
-    assert not result.ok and result.permanent
-    assert "no-such-bucket-here" in (result.error or "")
+    assert (result.error_type, result.permanent) == ("BucketRefusedError", True)
+    assert "no-such-bucket-here" in (result.error or "") and "does not exist" in (result.error or "")
+
+
+def test_wrong_credentials_fail_for_good_with_one_clear_error(settings: Settings) -> None:
+    # With INITIAL_NO_AUTH_ACTION_COUNT=0 moto checks every request's key and signature.
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        wrong = ObjectStore(BucketConfig("images", endpoint, "us-east-1", "no-such-key", "wrong"))
+        result = render(wrong, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
+    assert (result.error_type, result.permanent) == ("BucketRefusedError", True)
+    assert "R2_ACCESS_KEY_ID" in (result.error or "") and "wrong" not in (result.error or "")
 
 
 def test_a_bucket_server_that_is_down_is_a_transient_failure(settings: Settings) -> None:

@@ -221,6 +221,8 @@ class ObjectStore:
             result = obstore.get(self.client, key)
             data = bytes(result.bytes())
         except FileNotFoundError as exc:  # obstore's NotFoundError is one
+            if _NO_BUCKET in str(exc):
+                raise self._error("read", key, exc) from exc
             raise MissingOriginalError(f"original {key} is not in bucket {self.config.bucket}") from exc
         except Exception as exc:
             raise self._error("read", key, exc) from exc
@@ -232,7 +234,9 @@ class ObjectStore:
         key = self.key(folder, filename, ext)
         try:
             meta = obstore.head(self.client, key)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if _NO_BUCKET in str(exc):
+                raise self._error("look up", key, exc) from exc
             return None
         except Exception as exc:
             raise self._error("look up", key, exc) from exc
@@ -247,7 +251,9 @@ class ObjectStore:
         try:
             try:
                 etag = obstore.head(self.client, key).get("e_tag") or ""
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if _NO_BUCKET in str(exc):
+                    raise
                 etag = ""
             obstore.put(self.client, key, data, use_multipart=False)
         except Exception as exc:
@@ -272,6 +278,8 @@ class ObjectStore:
 
         where = f"bucket {self.config.bucket} at {self.config.endpoint or 'AWS S3'}"
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if _NO_BUCKET in str(exc):
+            return BucketRefusedError(f"cannot {doing} {key}: {where} does not exist; check STORAGE_URL")
         if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or _refused(str(exc)):
             return BucketRefusedError(
                 f"cannot {doing} {key}: {where} refused the request ({text}); "
@@ -280,7 +288,8 @@ class ObjectStore:
         return StorageError(f"cannot {doing} {key} in {where}: {text}")
 
 
-_REFUSALS = ("NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
+_NO_BUCKET = "NoSuchBucket"
+_REFUSALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
 
 
 def _refused(message: str) -> bool:
