@@ -231,3 +231,13 @@ async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_los
         whole_image(data)
     for folder in scratch:  # nothing rendered went to a local folder
         assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".webp")]
+
+
+def test_the_pixel_cap_is_checked_from_the_header_of_the_bytes_read(
+    bucket: ObjectStore, tmp_path: Path, settings: Settings
+) -> None:
+    filename, ext = upload_original(bucket, tmp_path, "big.png", images.pattern(1200, 1000))
+    options = render_options(settings.replace(max_pixels=1_000_000))
+    result = render(bucket, RenderRequest(1, filename, ext), options)
+    assert (result.error_type, result.permanent) == ("TooManyPixelsError", True)
+    assert set(keys(bucket)) == {f"fullsize/{filename}.png"}  # nothing written
