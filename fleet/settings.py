@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -38,6 +38,16 @@ class Settings:
     """SQLAlchemy async URL; unset: a SQLite file under the storage root."""
     storage_path: Path = Path("storage")
     """Root holding fullsize/, thumbs/, medium/ and large/."""
+    storage_url: str | None = None
+    """Where img workers read originals and write outputs: unset, the folder STORAGE_PATH;
+    ``s3://BUCKET``, an S3-compatible bucket (R2, S3, MinIO) at R2_ENDPOINT, so replicas on
+    several hosts share nothing but Redis, the database and the bucket."""
+    r2_endpoint: str | None = None
+    """The bucket's S3 endpoint (the board's name); unset: AWS S3 in STORAGE_REGION."""
+    r2_access_key_id: str | None = field(default=None, repr=False)
+    r2_secret_access_key: str | None = field(default=None, repr=False)
+    storage_region: str = "auto"
+    """The bucket's region ("auto" for R2)."""
     iqdb_url: str | None = None
     """IQDB server; unset: indexing is switched off. Or the board's IQDB_HOST + IQDB_PORT."""
     namespace: str = "fleet"
@@ -342,6 +352,12 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "redis_url": _url("redis", "rediss", "unix"),
     "database_url": _database_url,
     "iqdb_url": _url("http", "https"),
+    "storage_url": lambda v: (
+        None
+        if v is None or re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/?", v)
+        else "s3://BUCKET (an S3 bucket name), or unset for the folder STORAGE_PATH"
+    ),
+    "r2_endpoint": _url("http", "https"),
     "namespace": lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "letters, digits, '_', '.', '-'",
     "thumb_format": lambda v: None if v in THUMB_FORMATS else "one of webp, jpeg (or jpg), png, gif, avif",
     "thumb_quality": _at_least(1, 100),
@@ -360,6 +376,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
         else "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     ),
 }
+_SECRETS = {"r2_access_key_id", "r2_secret_access_key"}
 _POSITIVE = {
     "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
     "render_recycle_after",
@@ -390,7 +407,9 @@ def _check(name: str, value: Any) -> Any:
 
 
 def _shown(name: str, value: Any) -> str:
-    """The value for an error line, with any password in a URL masked."""
+    """The value for an error line, with any password in a URL masked (and secrets not shown)."""
+    if name in _SECRETS:
+        return "'***'"
     text = str(value)
     return repr(masked_url(text) if name.endswith("_url") else text)
 

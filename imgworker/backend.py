@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, render
+from imgworker.render.storage import Store
 
 LOST = ("RenderProcessCrashed", "RenderTimeout")
 """Error types of renders whose process died or was killed: the input may be to blame."""
@@ -95,7 +96,7 @@ def limit_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _serve(conn: Connection, root: Path, options: RenderOptions, memory_mb: int = 0) -> None:
+def _serve(conn: Connection, root: Path | Store, options: RenderOptions, memory_mb: int = 0) -> None:
     """A render process: one request in, one result out, until told to stop (None) or killed.
 
     If the worker dies (even by SIGKILL) its end of the pipe closes: an idle process sees EOF
@@ -119,7 +120,7 @@ def _serve(conn: Connection, root: Path, options: RenderOptions, memory_mb: int 
 
 
 class _Process:
-    def __init__(self, context: Any, root: Path, options: RenderOptions, memory_mb: int) -> None:
+    def __init__(self, context: Any, root: Path | Store, options: RenderOptions, memory_mb: int) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, root, options, memory_mb), daemon=True)
         self.process.start()
@@ -212,7 +213,7 @@ class ProcessPoolBackend:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | Store,
         options: RenderOptions,
         size: int,
         *,

@@ -8,6 +8,7 @@ Under the stock arq CLI each queue runs alone, with its own pool:
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from fleet import metrics
@@ -17,7 +18,7 @@ from fleet.settings import Settings, get_settings
 from fleet.worker import Context, build_worker
 from imgworker import jobs
 from imgworker.backend import ProcessPoolBackend
-from imgworker.config import render_options
+from imgworker.config import render_options, render_storage
 from imgworker.render.storage import remove_stale_temps
 
 
@@ -43,9 +44,11 @@ class SharedPool:
         settings = self.settings
         if self.backend is None:
             options = render_options(settings)
-            remove_stale_temps(settings.storage_path, [v.folder for v in options.variants])
+            storage = render_storage(settings)
+            if isinstance(storage, Path):  # a bucket has no temp files: each output is one PUT
+                remove_stale_temps(storage, [v.folder for v in options.variants])
             self.backend = ProcessPoolBackend(
-                settings.storage_path,
+                storage,
                 options,
                 settings.pool_size + settings.img_upload_reserve,
                 timeout_s=settings.render_timeout_s,

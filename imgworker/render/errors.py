@@ -35,3 +35,10 @@ class TooMuchMemoryError(RenderError):
 class TooManyScansError(RenderError):
     """A progressive JPEG with more scans than any encoder makes: each scan is a pass over the
     whole image, so hundreds of them cost tens of CPU-seconds."""
+
+
+class BucketRefusedError(StorageError):
+    """The bucket refused us (wrong credentials, no such bucket, no access): retrying the same
+    request cannot help until an operator fixes the settings."""
+
+    permanent = True

@@ -1,4 +1,5 @@
-"""Render one original into its variants: pure pyvips, files in and files out.
+"""Render one original into its variants: pure pyvips, an original in and outputs out, through a
+:class:`~imgworker.render.storage.Store` (a folder or a bucket).
 
 One decode per original. The largest variant needed is decoded with shrink-on-load, held in
 memory, and each smaller variant is resized from the one before it (large -> medium -> thumb)
@@ -7,7 +8,6 @@ instead of decoding the original three times.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -24,9 +24,10 @@ from imgworker.render.options import (
     Variant,
     VariantStatus,
 )
+from imgworker.render.storage import Store
 
 
-def render(root: Path, request: RenderRequest, options: RenderOptions) -> RenderResult:
+def render(where: Path | Store, request: RenderRequest, options: RenderOptions) -> RenderResult:
     """Render ``request``; failures come back in the result (never raised), with their class.
 
     A medium or large that cannot be made fails alone: the thumbnail (and the IQDB JPEG) are
@@ -34,7 +35,7 @@ def render(root: Path, request: RenderRequest, options: RenderOptions) -> Render
     started = time.perf_counter()
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
-        outputs = _render(root, request, options)
+        outputs = _render(storage.as_store(where), request, options)
     except _AlreadyCurrent as current:
         seconds = time.perf_counter() - started
         return RenderResult(request.image_id, file, True, current.outputs, skipped=True, seconds=seconds)
@@ -81,29 +82,28 @@ def _decode_error(file: str, exc: pyvips.Error) -> RenderError:
     return UnsupportedImageError(f"cannot decode {file}: {steps._vips_message(exc)}")
 
 
-def _render(root: Path, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
-    source = storage.original_path(root, request.filename, request.ext)
-    header = steps.inspect(source, options.max_pixels, options.decode_budget_mb)
+def _render(root: Store, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
+    original = root.original(request.filename, request.ext)  # one read (one GET from a bucket)
+    header = steps.inspect(original.source, options.max_pixels, options.decode_budget_mb)
     wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
-    original = source.stat()
-    if _current(root, request, wanted, original.st_mtime, options):
+    if _current(root, request, wanted, original.modified, options):
         raise _AlreadyCurrent(_on_disk(root, request, wanted, options))
     outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
     if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
         return outputs
-    resized = _cascade(source, header, wanted, options)
+    resized = _cascade(original.source, header, wanted, options)
     # The thumbnail side first: it is what every page shows, and it depends on nothing else.
     for variant in sorted(wanted, key=lambda v: not v.always):
         image = resized[variant.name]
         if variant.always:  # the thumbnail failing fails the whole render
-            outputs[variant.name] = _write_variant(root, request, variant, image, original.st_size)
+            outputs[variant.name] = _write_variant(root, request, variant, image, original.size)
         else:
-            outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.st_size)
+            outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.size)
     return outputs
 
 
 def _cascade(
-    source: Path, header: steps.Header, wanted: list[Variant], options: RenderOptions
+    source: Path | bytes, header: steps.Header, wanted: list[Variant], options: RenderOptions
 ) -> dict[str, pyvips.Image]:
     """One decode, shrunk on load to the box of every wanted variant; then each variant resized
     from the one before it (large -> medium -> thumb), or from the decode when its box does not
@@ -136,18 +136,16 @@ class _AlreadyCurrent(Exception):
 
 
 def _on_disk(
-    root: Path, request: RenderRequest, wanted: list[Variant], options: RenderOptions
+    root: Store, request: RenderRequest, wanted: list[Variant], options: RenderOptions
 ) -> dict[str, Output]:
     """A skipped original's outputs as they are on disk, unchanged (nothing is encoded): the
     board's flags are still settled from them (a file there is READY, none is NONE), and IQDB
     is only told by the reindex rule, since the thumbnail's bytes did not change."""
     outputs: dict[str, Output] = {}
     for variant in options.variants:
-        path = storage.output_path(
-            root, variant.folder, request.filename, variant.ext(request.ext), create=False
-        )
-        if variant in wanted and path.is_file():
-            relative = f"{variant.folder}/{path.name}"
+        name = f"{request.filename}.{variant.ext(request.ext)}"
+        if variant in wanted and root.modified(variant.folder, request.filename, variant.ext(request.ext)):
+            relative = f"{variant.folder}/{name}"
             outputs[variant.name] = Output(variant.name, VariantStatus.READY, relative, changed=False)
         else:
             outputs[variant.name] = Output(variant.name, VariantStatus.NONE)
@@ -155,7 +153,7 @@ def _on_disk(
 
 
 def _current(
-    root: Path, request: RenderRequest, wanted: list[Variant], original_mtime: float, options: RenderOptions
+    root: Store, request: RenderRequest, wanted: list[Variant], original_mtime: float, options: RenderOptions
 ) -> bool:
     """Whether every wanted output exists (and, unless only existence counts, is newer than
     both the original and the current settings). Costs a few stat calls."""
@@ -163,13 +161,8 @@ def _current(
         return False
     since = 0.0 if options.skip_existing else max(original_mtime, options.skip_current_since or 0.0)
     for variant in wanted:
-        try:
-            mtime = (
-                storage.output_path(root, variant.folder, request.filename, variant.ext(request.ext))
-                .stat()
-                .st_mtime
-            )
-        except FileNotFoundError:
+        mtime = root.modified(variant.folder, request.filename, variant.ext(request.ext))
+        if mtime is None:
             if variant.always:
                 return False
             continue  # a medium/large that was NONE (not smaller than the original) has no file
@@ -179,7 +172,7 @@ def _current(
 
 
 def _write_variant(
-    root: Path, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
+    root: Store, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
 ) -> Output:
     fmt = variant.output_format(request.ext)
     if fmt is None:
@@ -189,12 +182,12 @@ def _write_variant(
     data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
     if not variant.always and len(data) >= original_bytes:
         return _drop(root, variant, request)  # no smaller than the original: serve the original
-    path = storage.output_path(root, variant.folder, request.filename, variant.ext(request.ext))
-    changed = storage.atomic_write(path, data)
+    ext = variant.ext(request.ext)
+    changed = root.put(variant.folder, request.filename, ext, data)
     return Output(
         variant.name,
         VariantStatus.READY,
-        f"{variant.folder}/{path.name}",
+        f"{variant.folder}/{request.filename}.{ext}",
         image.width,
         image.height,
         len(data),
@@ -203,7 +196,7 @@ def _write_variant(
 
 
 def _write_or_fail_alone(
-    root: Path, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
+    root: Store, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
 ) -> Output:
     """A medium or large whose encode or write fails is reported, not raised: the board treats
     it as independent of the thumbnail, which must still be made."""
@@ -223,11 +216,9 @@ def _write_or_fail_alone(
     )
 
 
-def _drop(root: Path, variant: Variant, request: RenderRequest) -> Output:
+def _drop(root: Store, variant: Variant, request: RenderRequest) -> Output:
     """Variant NONE: also remove a stale file a previous render (other settings) may have left.
     No folder is made for that, so a broken ``large/`` cannot fail the thumbnail of a small image."""
     if variant.format is None:
-        stale = storage.output_path(root, variant.folder, request.filename, request.ext, create=False)
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            stale.unlink()
+        root.remove(variant.folder, request.filename, request.ext)
     return Output(variant.name, VariantStatus.NONE)

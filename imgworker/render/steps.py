@@ -57,14 +57,21 @@ class Header:
     """An embedded ICC profile (Display P3, Adobe RGB, ...) that must be converted to sRGB."""
 
 
-def inspect(path: Path, max_pixels: int, decode_budget_mb: int = 0) -> Header:
+def open_header(source: Path | bytes, **options: Any) -> pyvips.Image:
+    """An image opened from a file, or from the bytes of an object read whole (a bucket's)."""
+    if isinstance(source, bytes):
+        return pyvips.Image.new_from_buffer(source, "", **options)
+    return pyvips.Image.new_from_file(str(source), **options)
+
+
+def inspect(path: Path | bytes, max_pixels: int, decode_budget_mb: int = 0) -> Header:
     """Header-only open (no pixel decode): size, real format, colour profile.
 
     The caps are applied here, so a tiny file claiming 65000x65000 is refused in about a
     millisecond instead of being decoded: the pixel cap, the decoded-bytes budget of formats
     decoded whole (0: none), the scan count of a progressive JPEG and an APNG's first frame."""
     try:
-        header = pyvips.Image.new_from_file(str(path))
+        header = open_header(path)
     except pyvips.Error as exc:
         raise UnsupportedImageError(f"not a readable image: {_vips_message(exc)}") from exc
     loader = str(header.get("vips-loader"))
@@ -143,18 +150,24 @@ def count_scans(data: bytes | mmap.mmap, stop_after: int) -> int:
     return scans
 
 
-def check_scans(path: Path) -> None:
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        scans = count_scans(data, MAX_JPEG_SCANS)
+def check_scans(path: Path | bytes) -> None:
+    if isinstance(path, bytes):
+        scans = count_scans(path, MAX_JPEG_SCANS)
+    else:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            scans = count_scans(data, MAX_JPEG_SCANS)
     if scans > MAX_JPEG_SCANS:
         raise TooManyScansError(f"progressive JPEG with more than {MAX_JPEG_SCANS} scans")
 
 
-def check_apng(path: Path) -> None:
+def check_apng(path: Path | bytes) -> None:
     """Refuse an APNG whose default image (IDAT, what libvips decodes) is not its first frame:
     browsers show the first fcTL frame, so its thumbnail would show another picture."""
-    with open(path, "rb") as fh:
-        data = fh.read(1 << 16)
+    if isinstance(path, bytes):
+        data = path[: 1 << 16]
+    else:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 16)
     pos, animated = 8, False
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
@@ -169,7 +182,9 @@ def check_apng(path: Path) -> None:
         pos += 12 + length
 
 
-def load(path: Path, fmt: str, width: int, height: int, fail_on: str, has_profile: bool) -> pyvips.Image:
+def load(
+    path: Path | bytes, fmt: str, width: int, height: int, fail_on: str, has_profile: bool
+) -> pyvips.Image:
     """Decode already shrunk to fit ``width`` x ``height`` (shrink-on-load), oriented, first
     frame only.
 
@@ -182,8 +197,12 @@ def load(path: Path, fmt: str, width: int, height: int, fail_on: str, has_profil
     if fmt == "avif":
         # thumbnail() would decode the file's embedded thumbnail item when it is big enough:
         # the uploader's, which may be another picture. Always the primary image.
-        primary = pyvips.Image.new_from_file(str(path), access="sequential", fail_on=fail_on, thumbnail=False)
+        primary = open_header(path, access="sequential", fail_on=fail_on, thumbnail=False)
         return primary.thumbnail_image(width, height=height, size="down", **options)
+    if isinstance(path, bytes):
+        return pyvips.Image.thumbnail_buffer(
+            path, width, height=height, size="down", option_string=f"fail_on={fail_on}", **options
+        )
     return pyvips.Image.thumbnail(str(path), width, height=height, size="down", fail_on=fail_on, **options)
 
 

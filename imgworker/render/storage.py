@@ -1,4 +1,4 @@
-"""Paths under the storage root, and atomic writes.
+"""Where originals and outputs live: paths under a storage root (atomic writes), or a bucket.
 
 Every path is built from the stored name alone (``{filename}.{ext}``), never from a date,
 and must resolve inside the root: a job payload cannot make us read or write elsewhere.
@@ -7,13 +7,17 @@ and must resolve inside the root: a job payload cannot make us read or write els
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import time
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any, Protocol
 
 from fleet.paths import UnsafePathError, check_name, inside
-from imgworker.render.errors import MissingOriginalError, StorageError
+from imgworker.render.errors import BucketRefusedError, MissingOriginalError, RenderError, StorageError
 
 ORIGINALS = "fullsize"
 
@@ -82,3 +86,211 @@ def remove_stale_temps(root: Path, folders: list[str], older_than_s: float = 600
                     tmp.unlink()
                     removed += 1
     return removed
+
+
+# --- where originals and outputs live: a folder or a bucket --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """An original as read for one render: a file (decoded from disk) or the bytes of one GET."""
+
+    source: Path | bytes
+    modified: float
+    """Seconds since the epoch: outputs older than this are stale."""
+    size: int
+
+
+class Store(Protocol):
+    """Where a render reads its original and writes its outputs. Keys are ``{folder}/{name}``,
+    the board's layout on disk and in R2 alike."""
+
+    def original(self, filename: str, ext: str) -> Original: ...
+
+    def modified(self, folder: str, filename: str, ext: str) -> float | None:
+        """When the output was last written; None when there is none."""
+        ...
+
+    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
+        """Store an output whole (never visible half-written); False when it held ``data`` already."""
+        ...
+
+    def remove(self, folder: str, filename: str, ext: str) -> None:
+        """Remove an output, if there is one."""
+        ...
+
+
+class LocalStore:
+    """A folder (``STORAGE_PATH``): shared by every replica, so they must share a disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def original(self, filename: str, ext: str) -> Original:
+        path = original_path(self.root, filename, ext)
+        stat = path.stat()
+        return Original(path, stat.st_mtime, stat.st_size)
+
+    def modified(self, folder: str, filename: str, ext: str) -> float | None:
+        path = output_path(self.root, folder, filename, ext, create=False)
+        try:
+            return path.stat().st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
+        return atomic_write(output_path(self.root, folder, filename, ext), data)
+
+    def remove(self, folder: str, filename: str, ext: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            output_path(self.root, folder, filename, ext, create=False).unlink()
+
+
+def as_store(where: Path | Store) -> Store:
+    """A storage root given as a folder is a :class:`LocalStore`."""
+    return LocalStore(where) if isinstance(where, Path) else where
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    """An S3-compatible bucket (R2, S3, MinIO). Plain data: it travels to render processes,
+    each of which opens its own client."""
+
+    bucket: str
+    endpoint: str | None = None
+    region: str = "auto"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    retries: int = 3
+    """Retries of a request that failed for a transient reason, before the render fails (retried)."""
+    timeout_s: float = 30.0
+
+
+class ObjectStore:
+    """Originals and outputs in a bucket, through obstore (signed requests, retries).
+
+    Each output is one PUT, never a multipart upload: an object appears whole or not at all,
+    and a render killed mid-way leaves nothing behind (not even an unfinished upload)."""
+
+    def __init__(self, config: BucketConfig) -> None:
+        self.config = config
+        self._client: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ObjectStore, (self.config,))
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from obstore.store import S3Store
+
+            config = self.config
+            self._client = S3Store(
+                config.bucket,
+                endpoint=config.endpoint,
+                region=config.region,
+                access_key_id=config.access_key_id,
+                secret_access_key=config.secret_access_key,
+                virtual_hosted_style_request=False,
+                client_options={
+                    "allow_http": bool(config.endpoint and config.endpoint.startswith("http://")),
+                    "timeout": timedelta(seconds=config.timeout_s),
+                    "connect_timeout": timedelta(seconds=min(5.0, config.timeout_s)),
+                },
+                retry_config={
+                    "max_retries": config.retries,
+                    "retry_timeout": timedelta(seconds=config.timeout_s),
+                    "backoff": {
+                        "init_backoff": timedelta(milliseconds=100),
+                        "max_backoff": timedelta(seconds=2),
+                        "base": 2.0,
+                    },
+                },
+            )
+        return self._client
+
+    def key(self, folder: str, filename: str, ext: str) -> str:
+        check_name(filename, ext)
+        return f"{folder}/{filename}.{ext}"
+
+    def original(self, filename: str, ext: str) -> Original:
+        import obstore
+
+        key = self.key(ORIGINALS, filename, ext)
+        try:
+            result = obstore.get(self.client, key)
+            data = bytes(result.bytes())
+        except FileNotFoundError as exc:  # obstore's NotFoundError is one
+            if _NO_BUCKET in str(exc):
+                raise self._error("read", key, exc) from exc
+            raise MissingOriginalError(f"original {key} is not in bucket {self.config.bucket}") from exc
+        except Exception as exc:
+            raise self._error("read", key, exc) from exc
+        return Original(data, result.meta["last_modified"].timestamp(), len(data))
+
+    def modified(self, folder: str, filename: str, ext: str) -> float | None:
+        import obstore
+
+        key = self.key(folder, filename, ext)
+        try:
+            meta = obstore.head(self.client, key)
+        except FileNotFoundError as exc:
+            if _NO_BUCKET in str(exc):
+                raise self._error("look up", key, exc) from exc
+            return None
+        except Exception as exc:
+            raise self._error("look up", key, exc) from exc
+        return float(meta["last_modified"].timestamp())
+
+    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
+        """One PUT. An object already holding ``data`` (its ETag is the MD5 of a single PUT's
+        body) is still written, so its time says it is current, but reported unchanged."""
+        import obstore
+
+        key = self.key(folder, filename, ext)
+        try:
+            try:
+                etag = obstore.head(self.client, key).get("e_tag") or ""
+            except FileNotFoundError as exc:
+                if _NO_BUCKET in str(exc):
+                    raise
+                etag = ""
+            obstore.put(self.client, key, data, use_multipart=False)
+        except Exception as exc:
+            raise self._error("write", key, exc) from exc
+        return etag.strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def remove(self, folder: str, filename: str, ext: str) -> None:
+        import obstore
+
+        key = self.key(folder, filename, ext)
+        try:
+            obstore.delete(self.client, key)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise self._error("remove", key, exc) from exc
+
+    def _error(self, doing: str, key: str, exc: Exception) -> RenderError:
+        """Refused credentials or access, or a bucket that does not exist, fail for good with one
+        clear message; anything else (the server down, a timeout) may pass and is retried."""
+        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+        where = f"bucket {self.config.bucket} at {self.config.endpoint or 'AWS S3'}"
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if _NO_BUCKET in str(exc):
+            return BucketRefusedError(f"cannot {doing} {key}: {where} does not exist; check STORAGE_URL")
+        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or _refused(str(exc)):
+            return BucketRefusedError(
+                f"cannot {doing} {key}: {where} refused the request ({text}); "
+                "check R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY and the bucket name"
+            )
+        return StorageError(f"cannot {doing} {key} in {where}: {text}")
+
+
+_NO_BUCKET = "NoSuchBucket"
+_REFUSALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
+
+
+def _refused(message: str) -> bool:
+    return any(code in message for code in _REFUSALS)

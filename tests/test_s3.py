@@ -1,0 +1,243 @@
+"""Originals and outputs in an S3-compatible bucket (STORAGE_URL=s3://BUCKET).
+
+The bucket is real S3 protocol on loopback: moto's standalone server (``python -m moto.server``),
+started by the test, with signed requests from obstore as against R2 or MinIO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import obstore
+import pytest
+import pyvips
+
+from fleet.client import FleetClient
+from fleet.processes import start_worker, wait_healthy
+from fleet.registry import Queue
+from fleet.settings import Settings
+from imgworker.config import render_options, render_storage
+from imgworker.render import RenderRequest, render
+from imgworker.render.storage import BucketConfig, ObjectStore
+from tests import images
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server(**env: str) -> Iterator[str]:
+    """moto's S3 server on a free loopback port; yields its endpoint."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{endpoint}/moto-api/", timeout=1)
+            break
+        assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
+        time.sleep(0.05)
+    try:
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """One server for this module's tests (a fresh bucket each)."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> ObjectStore:
+    """A fresh bucket per test."""
+    name = f"fleet-{uuid.uuid4().hex[:12]}"
+    httpx.put(f"{s3_endpoint}/{name}", timeout=5).raise_for_status()
+    return ObjectStore(
+        BucketConfig(name, s3_endpoint, "us-east-1", access_key_id="test", secret_access_key="test")
+    )
+
+
+def upload_original(bucket: ObjectStore, scratch: Path, name: str, image: Any) -> tuple[str, str]:
+    """Write an original as the board stores it, under fullsize/ in the bucket."""
+    filename, ext = images.write(scratch, name, image)
+    data = (scratch / "fullsize" / f"{filename}.{ext}").read_bytes()
+    obstore.put(bucket.client, f"fullsize/{filename}.{ext}", data)
+    return filename, ext
+
+
+def keys(bucket: ObjectStore) -> dict[str, int]:
+    """Every object in the bucket, with its size."""
+    return {meta["path"]: meta["size"] for batch in obstore.list(bucket.client) for meta in batch}
+
+
+def whole_image(data: bytes) -> pyvips.Image:
+    """Decodes every pixel, failing on any truncation: no partial object passes."""
+    image = pyvips.Image.new_from_buffer(data, "", fail_on="warning")
+    image.avg()
+    return image
+
+
+def read(bucket: ObjectStore, key: str) -> bytes:
+    return bytes(obstore.get(bucket.client, key).bytes())
+
+
+def test_a_render_reads_the_original_from_the_bucket_and_puts_each_output(
+    bucket: ObjectStore, tmp_path: Path, settings: Settings
+) -> None:
+    filename, ext = upload_original(bucket, tmp_path, "wide.png", images.pattern(3000, 1800))
+    options = render_options(settings)
+    result = render(bucket, RenderRequest(1, filename, ext), options)
+    assert result.ok, result.error
+    expected = {f"fullsize/{filename}.png", f"thumbs/{filename}.webp", f"medium/{filename}.png"}
+    expected.add(f"large/{filename}.png")
+    assert set(keys(bucket)) == expected
+    thumb = whole_image(read(bucket, f"thumbs/{filename}.webp"))
+    assert (thumb.width, thumb.height) == (500, 300)
+    assert whole_image(read(bucket, f"large/{filename}.png")).width == 2048
+    # Rendered again: the same bytes, reported unchanged (IQDB is told only of a change).
+    again = render(bucket, RenderRequest(1, filename, ext), options)
+    assert again.ok and not again.outputs["thumb"].changed
+    # With current outputs skipped, nothing is encoded: the bucket's times say they are current.
+    skip = render(bucket, RenderRequest(1, filename, ext), render_options(settings, mode="missing"))
+    assert skip.ok and skip.skipped and skip.outputs["large"].path == f"large/{filename}.png"
+
+
+def test_settings_choose_the_bucket_and_keep_the_secret_out_of_errors(s3_endpoint: str) -> None:
+    settings = Settings.from_env(
+        {
+            "STORAGE_URL": "s3://shuushuu-images",
+            "R2_ENDPOINT": s3_endpoint,
+            "R2_ACCESS_KEY_ID": "key",
+            "R2_SECRET_ACCESS_KEY": "very-secret",
+        }
+    )
+    storage = render_storage(settings)
+    assert isinstance(storage, ObjectStore)
+    assert storage.config.bucket == "shuushuu-images" and storage.config.endpoint == s3_endpoint
+    assert "very-secret" not in repr(settings) and "very-secret" not in repr(storage.config)
+    assert render_storage(Settings()) == Path("storage")
+    with pytest.raises(ValueError, match="STORAGE_URL"):
+        Settings.from_env({"STORAGE_URL": "/srv/images"})
+
+
+def test_a_missing_original_or_bucket_fails_for_good_with_a_clear_error(
+    bucket: ObjectStore, s3_endpoint: str, settings: Settings
+) -> None:
+    missing = render(bucket, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
+    assert (missing.error_type, missing.permanent) == ("MissingOriginalError", True)
+    nowhere = ObjectStore(BucketConfig("no-such-bucket-here", s3_endpoint, "us-east-1", "test", "test"))
+    result = render(nowhere, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
+    assert (result.error_type, result.permanent) == ("BucketRefusedError", True)
+    assert "no-such-bucket-here" in (result.error or "") and "does not exist" in (result.error or "")
+
+
+def test_wrong_credentials_fail_for_good_with_one_clear_error(settings: Settings) -> None:
+    # With INITIAL_NO_AUTH_ACTION_COUNT=0 moto checks every request's key and signature.
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        wrong = ObjectStore(BucketConfig("images", endpoint, "us-east-1", "no-such-key", "wrong"))
+        result = render(wrong, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
+    assert (result.error_type, result.permanent) == ("BucketRefusedError", True)
+    assert "R2_ACCESS_KEY_ID" in (result.error or "") and "wrong" not in (result.error or "")
+
+
+def test_a_bucket_server_that_is_down_is_a_transient_failure(settings: Settings) -> None:
+    down = ObjectStore(
+        BucketConfig("images", f"http://127.0.0.1:{free_port()}", "auto", "k", "s", retries=1, timeout_s=2)
+    )
+    result = render(down, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
+    assert (result.ok, result.permanent, result.error_type) == (False, False, "StorageError")
+    assert "127.0.0.1" in (result.error or "")
+
+
+async def wait_for(predicate: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_loses_nothing(
+    bucket: ObjectStore, settings: Settings, client: FleetClient, tmp_path: Path
+) -> None:
+    """The issue's "done when": two img workers with their own scratch folders and one bucket,
+    one SIGKILLed mid-batch; every output is there once, whole, and nothing else is."""
+    names = [
+        upload_original(bucket, tmp_path / "src", f"{i:02d}.png", images.pattern(2400, 2000, seed=i))
+        for i in range(16)
+    ]
+    shared = settings.replace(
+        storage_url=f"s3://{bucket.config.bucket}",
+        r2_endpoint=bucket.config.endpoint,
+        storage_region="us-east-1",
+        r2_access_key_id="test",
+        r2_secret_access_key="test",
+        img_pool_size=1,
+        lock_ttl_s=2.0,
+    )
+    scratch = [tmp_path / "a", tmp_path / "b"]
+    victim = start_worker(["img"], shared.replace(storage_path=scratch[0]))
+    other = start_worker(["img"], shared.replace(storage_path=scratch[1]))
+    try:
+        await wait_healthy(client, Queue.IMG)
+        jobs = [await client.render_upload(i + 1, *name) for i, name in enumerate(names)]
+
+        async def some_rendered() -> bool:
+            return any(key.startswith("thumbs/") for key in keys(bucket))
+
+        await wait_for(some_rendered)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        results = [await job.result(timeout=180, poll_delay=0.05) for job in jobs]
+        tries = [(await job.result_info()).job_try for job in jobs]
+    finally:
+        for proc in (victim, other):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    assert all(result["ok"] for result in results)
+    assert max(tries) >= 2  # the killed worker's jobs ran again on the other
+    expected = {f"{folder}/{f}.{e}" for f, e in names for folder in ("fullsize", "medium", "large")}
+    expected |= {f"thumbs/{f}.webp" for f, _ in names}
+    stored = keys(bucket)
+    assert set(stored) == expected  # every output, and no temp or partial object besides
+    for key, size in stored.items():
+        data = read(bucket, key)
+        assert len(data) == size
+        whole_image(data)
+    for folder in scratch:  # nothing rendered went to a local folder
+        assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".webp")]
+
+
+def test_the_pixel_cap_is_checked_from_the_header_of_the_bytes_read(
+    bucket: ObjectStore, tmp_path: Path, settings: Settings
+) -> None:
+    filename, ext = upload_original(bucket, tmp_path, "big.png", images.pattern(1200, 1000))
+    options = render_options(settings.replace(max_pixels=1_000_000))
+    result = render(bucket, RenderRequest(1, filename, ext), options)
+    assert (result.error_type, result.permanent) == ("TooManyPixelsError", True)
+    assert set(keys(bucket)) == {f"fullsize/{filename}.png"}  # nothing written
