@@ -2,6 +2,8 @@
 
 Clients fail fast (an API must answer 503 within seconds when Redis is down); workers are
 patient (a Redis restart must not kill a worker fleet): same URL, two retry policies.
+A ``redis+sentinel://`` URL names sentinels instead of a server: every connection asks them
+for the current primary, so clients and workers follow a failover by themselves.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from urllib.parse import parse_qs, urlparse
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 from fleet import serializer
-from fleet.settings import Settings, split_credentials
+from fleet.settings import SENTINEL_SCHEME, Settings, parse_sentinel_url, split_credentials
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
@@ -29,18 +32,30 @@ def redis_settings(settings: Settings) -> RedisSettings:
     ``ssl_cert_reqs``) configure it; ``user:password@`` is honoured, the password raw or
     percent-encoded (see :func:`fleet.settings.split_credentials`)."""
     url, username, password = split_credentials(settings.redis_url or DEFAULT_REDIS_URL)
-    rs = RedisSettings.from_dsn(url)
+    if url.startswith(f"{SENTINEL_SCHEME}:"):
+        rs = _sentinel_settings(url)
+    else:
+        rs = RedisSettings.from_dsn(url)
+        query = parse_qs(urlparse(url).query)
+        for option in _TLS_OPTIONS:
+            if option in query:
+                setattr(rs, option, query[option][0])
+        # arq leaves hostname checking off: a certificate for another name would be accepted.
+        rs.ssl_check_hostname = rs.ssl and rs.ssl_cert_reqs in ("required", ssl.CERT_REQUIRED)
     rs.username, rs.password = username, password
-    query = parse_qs(urlparse(url).query)
-    for option in _TLS_OPTIONS:
-        if option in query:
-            setattr(rs, option, query[option][0])
-    # arq leaves hostname checking off: a certificate for another name would be accepted.
-    rs.ssl_check_hostname = rs.ssl and rs.ssl_cert_reqs in ("required", ssl.CERT_REQUIRED)
     rs.conn_timeout = 2
     rs.conn_retries = 2
     rs.conn_retry_delay = 1
     return rs
+
+
+def _sentinel_settings(url: str) -> RedisSettings:
+    """arq's settings for a primary found through sentinels (arq asks them on each connect);
+    the URL's credentials are the primary's, the sentinels themselves take none."""
+    found = parse_sentinel_url(url)
+    return RedisSettings(
+        host=list(found.sentinels), database=found.database, sentinel=True, sentinel_master=found.master
+    )
 
 
 def worker_redis_settings(settings: Settings) -> RedisSettings:
@@ -57,7 +72,32 @@ def lazy_pool(settings: Settings) -> ArqRedis:
     """A client's pool that connects on first use, not now: an API process starts while
     Redis is down, and each enqueue fails (EnqueueError, 503) until Redis is back."""
     rs = redis_settings(settings)
-    pool = ArqRedis(
+    pool = _lazy_sentinel_pool(rs) if rs.sentinel else _lazy_direct_pool(rs)
+    pool.job_serializer = serializer.serialize
+    pool.job_deserializer = serializer.deserialize
+    return pool
+
+
+def _lazy_sentinel_pool(rs: RedisSettings) -> ArqRedis:
+    """The primary's pool, asking the sentinels for its address on each new connection (so a
+    failover is followed), and only then: creating it contacts no one."""
+    assert isinstance(rs.host, list)
+    sentinels = Sentinel(rs.host, socket_connect_timeout=rs.conn_timeout, socket_timeout=5)  # type: ignore[no-untyped-call]
+    pool = sentinels.master_for(
+        rs.sentinel_master,
+        redis_class=ArqRedis,
+        db=rs.database,
+        username=rs.username,
+        password=rs.password,
+        encoding="utf8",
+    )
+    assert isinstance(pool, ArqRedis)
+    return pool
+
+
+def _lazy_direct_pool(rs: RedisSettings) -> ArqRedis:
+    assert isinstance(rs.host, str)
+    return ArqRedis(
         host=rs.host,
         port=rs.port,
         unix_socket_path=rs.unix_socket_path,
@@ -75,9 +115,6 @@ def lazy_pool(settings: Settings) -> ArqRedis:
         ssl_check_hostname=rs.ssl_check_hostname,
         encoding="utf8",
     )
-    pool.job_serializer = serializer.serialize
-    pool.job_deserializer = serializer.deserialize
-    return pool
 
 
 async def open_pool(settings: Settings) -> ArqRedis:

@@ -33,7 +33,8 @@ class Settings:
     # Where things live.
     redis_url: str | None = None
     """Redis for queues; unset: fleet commands start a private redis-server. The board's
-    ARQ_REDIS_URL wins over REDIS_URL (on the board, REDIS_URL is its cache)."""
+    ARQ_REDIS_URL wins over REDIS_URL (on the board, REDIS_URL is its cache). Behind Redis
+    Sentinel: ``redis+sentinel://[user:password@]host1:26379,host2:26379/mymaster/0``."""
     database_url: str | None = None
     """SQLAlchemy async URL; unset: a SQLite file under the storage root."""
     storage_path: Path = Path("storage")
@@ -314,6 +315,54 @@ def masked_url(url: str) -> str:
     return f"{scheme}://***@{host}"
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """A ``redis+sentinel://`` URL read: the sentinels to ask, the primary's name, the DB."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    database: int
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """``redis+sentinel://[user:password@]host1[:26379],host2[:26379]/master[/db]`` read
+    (credentials, which are the primary's, stripped first: see :func:`split_credentials`).
+
+    One form, so a typo is refused at start (ValueError saying what is wrong) instead of a
+    worker asking the wrong sentinels; the port defaults to 26379 and the database to 0."""
+    scheme, sep, rest = split_credentials(url)[0].partition("://")
+    if scheme != SENTINEL_SCHEME or not sep:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    hosts, _, path = rest.split("?", 1)[0].partition("/")
+    master, _, db = path.strip("/").partition("/")
+    if not master:
+        raise ValueError("no primary's name after the sentinels (e.g. /mymaster/0)")
+    if not re.fullmatch(r"\d*", db):
+        raise ValueError(f"database {db!r} is not a number")
+    return SentinelUrl(tuple(_sentinel(h) for h in hosts.split(",")), master, int(db or 0))
+
+
+def _sentinel(address: str) -> tuple[str, int]:
+    host, colon, port = address.rpartition(":") if ":" in address else (address, "", "")
+    if not host or (colon and not port.isdigit()):
+        raise ValueError(f"sentinel {address!r} is not host[:port]")
+    return host, int(port) if colon else SENTINEL_PORT
+
+
+def _redis_url(v: Any) -> str | None:
+    if v is None or not v.startswith(f"{SENTINEL_SCHEME}:"):
+        return _url("redis", "rediss", "unix", SENTINEL_SCHEME)(v)
+    try:
+        parse_sentinel_url(v)
+    except ValueError as exc:
+        return f"{SENTINEL_SCHEME}://[user:password@]host1:26379,host2:26379/master[/db] ({exc})"
+    return None
+
+
 def _url(*schemes: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v is None:
@@ -349,7 +398,7 @@ def _cron_period(v: Any) -> str | None:
 
 
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "redis_url": _url("redis", "rediss", "unix"),
+    "redis_url": _redis_url,
     "database_url": _database_url,
     "iqdb_url": _url("http", "https"),
     "storage_url": lambda v: (
@@ -458,11 +507,13 @@ def get_settings() -> Settings:
 
 
 __all__ = [
+    "SentinelUrl",
     "Settings",
     "SettingsError",
     "env_names",
     "get_settings",
     "load_env_file",
     "masked_url",
+    "parse_sentinel_url",
     "split_credentials",
 ]
