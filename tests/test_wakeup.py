@@ -65,9 +65,7 @@ def iqdb_worker(settings: Settings, starts: list[float], fail_first: bool = Fals
 async def commands(redis: ArqRedis) -> int:
     """Commands this server has run, less the INFO and CLIENT calls the test makes itself."""
     stats = await redis.info("commandstats")
-    return sum(
-        int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",) and "client" not in k
-    )
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",) and "client" not in k)
 
 
 async def wait_blocked(redis: ArqRedis, waiters: int = 1, deadline_s: float = 15.0) -> None:
