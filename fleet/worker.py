@@ -518,6 +518,8 @@ class FleetWorker(Worker):
     _next_due: float | None = None
     """When (monotonic) the earliest deferred job is due, as last read; None: read it again."""
     _crons_due: tuple[Any, ...] = ()
+    _saw_due = False
+    """The last poll saw jobs due that ran elsewhere: one may be a killed worker's."""
 
     async def _poll_iteration(self) -> None:
         """arq's poll, then, when it found the worker idle, a wait for a wake token (see
@@ -550,6 +552,8 @@ class FleetWorker(Worker):
             self._waiter = wake.Waiter(self.redis_settings, self.queue_name)
         try:
             timeout_s = min(settings.idle_poll_s, await self._next_due_in_s(), self._next_cron_in_s())
+            if self._saw_due:  # its lock runs out within LOCK_TTL_S: catch it about as soon
+                timeout_s = min(timeout_s, settings.lock_ttl_s / 3)
             if await self._waiter.wait(timeout_s):
                 self._next_due = None  # a job was queued, perhaps deferred
         except (RedisError, OSError) as exc:
@@ -573,6 +577,10 @@ class FleetWorker(Worker):
         now = datetime.now(tz=self.timezone)
         ahead = [(c.next_run - now).total_seconds() - 0.5 for c in self.cron_jobs if c.next_run is not None]
         return max(0.0, min(ahead, default=math.inf))
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self._saw_due = bool(job_ids)
+        await super().start_jobs(job_ids)
 
     async def close(self) -> None:
         if self._waiter is not None:

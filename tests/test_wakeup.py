@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 
 from fleet import wake
 from fleet.client import FleetClient
@@ -168,3 +169,17 @@ async def test_poll_mode_keeps_arqs_polling(quiet: Settings, fleet_client: Fleet
         job = await fleet_client.index_iqdb(1, "a.jpg")
         assert await job.result(timeout=20, poll_delay=0.05) == 1
         assert not [c for c in await fleet_client.redis.client_list() if c["cmd"] == "blpop"]
+
+
+async def test_a_killed_workers_job_is_picked_up_by_an_idle_worker_soon_after_its_lock(
+    quiet: Settings, fleet_client: FleetClient
+) -> None:
+    """What a SIGKILLed worker leaves: a due job under a lock nobody renews. No token will
+    come; the idle worker must not wait for the fallback poll (IDLE_POLL_S=60) to run it."""
+    starts: list[float] = []
+    settings = quiet.replace(lock_ttl_s=2.0)
+    job = await fleet_client.index_iqdb(1, "a.jpg")
+    await fleet_client.redis.psetex(in_progress_key_prefix + job.job_id, 2000, b"1")
+    await fleet_client.redis.delete(wake.key(queue_key(quiet.namespace, Queue.IQDB)))
+    async with running_worker(iqdb_worker(settings, starts)):
+        assert await job.result(timeout=20, poll_delay=0.05) == 1
