@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import img, light, report
+from bench import img, light, report, wakeup
 from bench.renderers import ExternalPillow
 from fleet import corpus
 from fleet.services import EmbeddedRedis
@@ -38,6 +38,7 @@ MODES: dict[str, dict[str, int]] = {
         "uploads": 20,
         "light_jobs": 300,
         "memory_per_kind": 1,
+        "wake_jobs": 100,
     },
     "full": {
         "archive": 200,
@@ -47,6 +48,7 @@ MODES: dict[str, dict[str, int]] = {
         "uploads": 100,
         "light_jobs": 2000,
         "memory_per_kind": 4,
+        "wake_jobs": 500,
     },
 }
 
@@ -102,6 +104,7 @@ async def collect(mode: str, pillow_simd: str | None = None) -> dict[str, Any]:
         results["latency"] = await img.latency_and_enqueue(settings, archive, sizes["uploads"])
         results["cli"] = cli_start(settings, sizes["rounds"] * 3)
     results["light"] = await light.main(sizes["light_jobs"])
+    results["wakeup"] = await wakeup.main(sizes["wake_jobs"])
     return results
 
 

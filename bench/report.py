@@ -77,7 +77,26 @@ def markdown(results: dict[str, Any]) -> str:
         for kind in ("queue_to_start", "queue_to_thumbnail"):
             d = data[kind]
             lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
-    return "\n".join(lines + _per_kind(upload) + _thumb_profile(lim) + _memory(results.get("memory"))) + "\n"
+    tables = _per_kind(upload) + _thumb_profile(lim) + _memory(results.get("memory"))
+    return "\n".join(lines + tables + _wakeup(results.get("wakeup"))) + "\n"
+
+
+def _wakeup(rows: list[dict[str, Any]] | None) -> list[str]:
+    """One img replica (two queues), idle and woken: polling every POLL_DELAY_S against waiting
+    for a wake token (WAKE_ON_ENQUEUE)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| img replica (no-op jobs) | idle commands/s | without heartbeat | enqueue→start p50 / p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['idle_commands_per_s']} | {r['idle_commands_per_s_without_heartbeat']} | "
+            f"{r['enqueue_to_start_ms_p50']} / {r['enqueue_to_start_ms_p99']} |"
+        )
+    return lines
 
 
 def _memory(memory: dict[str, Any] | None) -> list[str]:

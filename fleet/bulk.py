@@ -31,7 +31,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fleet import db, serializer
+from fleet import db, serializer, wake
 from fleet.errors import FleetError, InvalidPayloadError
 from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch, queue_key
 from fleet.settings import Settings
@@ -326,6 +326,7 @@ async def _enqueue_batches(
             )
             pipe.psetex(job_key_prefix + job_id, settings.job_expiry_s * 1000, job)
             pipe.zadd(queue, {job_id: now})
+        wake.push(pipe, queue, len(batches))
         pipe.hset(run.key, "cursor", str(batches[-1].image_ids[-1]))
         pipe.hincrby(run.key, "fed", sum(len(b.image_ids) for b in batches))
         pipe.expire(run.key, run.ttl_s)

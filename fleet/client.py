@@ -17,9 +17,10 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 from redis.exceptions import RedisError
 
-from fleet import coalesce, serializer
+from fleet import coalesce, serializer, wake
 from fleet.connections import DEFAULT_REDIS_URL, lazy_pool, open_pool
 from fleet.errors import EnqueueError, FleetError, PayloadTooLargeError
+from fleet.logging import get_logger
 from fleet.registry import (
     DELETE_FROM_IQDB,
     INDEX_IQDB,
@@ -38,6 +39,7 @@ from fleet.services import with_redis_default
 from fleet.settings import Settings, get_settings, masked_url
 
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+log = get_logger("fleet.client")
 
 
 class FleetClient:
@@ -107,11 +109,12 @@ class FleetClient:
         (:class:`PayloadTooLargeError` for a payload no worker would accept). The job expires
         JOB_EXPIRY_S after it is due."""
         data = _checked(spec, payload)
+        queue_name = queue_key(self.settings.namespace, spec.queue)
         try:
             job = await self.redis.enqueue_job(
                 spec.name,
                 data,
-                _queue_name=queue_key(self.settings.namespace, spec.queue),
+                _queue_name=queue_name,
                 _job_id=job_id,
                 _defer_by=defer_s,
                 _expires=(defer_s or 0) + self.settings.job_expiry_s,
@@ -120,7 +123,16 @@ class FleetClient:
             raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
         if job is None:
             raise EnqueueError(f"{spec.name}: a job with id {job_id!r} is already queued or running")
+        await self._wake(queue_name)
         return job
+
+    async def _wake(self, queue_name: str) -> None:
+        """Wake an idle worker of the queue. The job is queued already: if the token cannot be
+        pushed, it is not lost, only started by the idle workers' next poll (IDLE_POLL_S)."""
+        try:
+            await wake.nudge(self.redis, queue_name)
+        except _REDIS_FAILURES as exc:
+            log.warning("wake_failed", queue=queue_name, error_type=type(exc).__name__, error=str(exc))
 
     async def enqueue_coalesced(self, spec: JobSpec[P], payload: P) -> Job | None:
         """Queue unless an identical job is already waiting (see :mod:`fleet.coalesce`)."""

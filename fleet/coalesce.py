@@ -1,8 +1,8 @@
 """Coalesced jobs: at most one queued job per key, without losing work that arrives while
 one runs.
 
-Enqueueing takes a "pending" slot and writes arq's job in one Lua script, so a crash can
-never leave a slot taken with no job behind it. The job gives the slot back when it
+Enqueueing takes a "pending" slot, writes arq's job and wakes a worker in one Lua script, so
+a crash can never leave a slot taken with no job behind it. The job gives the slot back when it
 *starts*: a vote that lands during a recalculation takes the slot again and queues one more
 recalculation, which reads the database after that vote.
 """
@@ -16,12 +16,14 @@ from arq.constants import default_queue_name, job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
-from fleet import serializer
+from fleet import serializer, wake
 
 _TAKE_SLOT_AND_ENQUEUE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[4]) then
     redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[2])
     redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+    redis.call('RPUSH', KEYS[4], '1')
+    redis.call('LTRIM', KEYS[4], -tonumber(ARGV[5]), -1)
     return 1
 end
 return 0
@@ -51,14 +53,16 @@ async def enqueue_once(
     payload = serialize_job(function, (data,), {}, None, now, serializer=serializer.serialize)
     queued = await redis.eval(  # type: ignore[misc]  # redis-py types eval as sync|async
         _TAKE_SLOT_AND_ENQUEUE,
-        3,
+        4,
         pending_key,
         job_key_prefix + job_id,
         queue_name or default_queue_name,
+        wake.key(queue_name or default_queue_name),
         job_id,
         payload.decode(),
         str(now),
         str(expires_ms),
+        str(wake.TOKENS_KEPT),
     )
     return bool(queued)
 

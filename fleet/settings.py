@@ -113,6 +113,12 @@ class Settings:
     # Queue behaviour, shared by all workers.
     poll_delay_s: float = 0.02
     """arq polls this often; at the 0.5 s default a busy queue is capped at max_jobs/0.5 jobs/s."""
+    wake_on_enqueue: bool = True
+    """An idle worker waits in Redis for a wake token each enqueue pushes (see fleet.wake)
+    instead of polling every POLL_DELAY_S; off: arq's polling as before."""
+    idle_poll_s: float = 5.0
+    """An idle waking worker still polls this often, for jobs no token announced (queued by
+    stock arq clients, or left by a killed worker); deferred jobs and crons start on time."""
     keep_result_s: int = 3600
     """Board name: ARQ_KEEP_RESULT."""
     max_tries: int = 8
@@ -431,7 +437,7 @@ _POSITIVE = {
     "render_recycle_after",
     "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "bulk_run_ttl_s", "light_max_jobs",
     "iqdb_timeout_s", "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s", "dead_letter_max",
-    "job_expiry_s",
+    "job_expiry_s", "idle_poll_s",
 }  # fmt: skip
 
 

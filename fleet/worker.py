@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, NoReturn, TypeGuard
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -32,7 +34,7 @@ from arq.worker import Function, Retry, Worker, func
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
-from fleet import coalesce, metrics, serializer
+from fleet import coalesce, metrics, serializer, wake
 from fleet.client import FleetClient
 from fleet.connections import worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
@@ -512,7 +514,18 @@ class FleetWorker(Worker):
     again; a job whose start or finish was cut off keeps its lock for LOCK_TTL_S and runs
     again (every job is idempotent)."""
 
+    _waiter: wake.Waiter | None = None
+    _next_due: float | None = None
+    """When (monotonic) the earliest deferred job is due, as last read; None: read it again."""
+    _crons_due: tuple[Any, ...] = ()
+    _saw_due = False
+    """The last poll saw jobs due that ran elsewhere: one may be a killed worker's."""
+
     async def _poll_iteration(self) -> None:
+        """arq's poll, then, when it found the worker idle, a wait for a wake token (see
+        :mod:`fleet.wake`): arq's own sleep of ``poll_delay`` follows, so a busy worker polls
+        as often as before."""
+        started = self._jobs_started()
         try:
             await super()._poll_iteration()
         except (RedisError, OSError) as exc:
@@ -523,6 +536,56 @@ class FleetWorker(Worker):
                 "poll_failed", error_type=type(exc).__name__, error=serializer.cut(str(exc), ERROR_CHARS)
             )
             await asyncio.sleep(1.0)
+        else:
+            if self.job_counter == 0 and self._jobs_started() == started and not self.burst:
+                await self._wait_while_idle()
+            else:
+                self._next_due = None  # jobs ran: one may have been retried for later
+
+    async def _wait_while_idle(self) -> None:
+        """Wait for a wake token, at most IDLE_POLL_S and never past the next deferred job's
+        due time or the next cron run; Redis away: the next poll reports it."""
+        settings: Settings | None = self.ctx.get("settings")
+        if settings is None or not settings.wake_on_enqueue or self.redis_settings is None:
+            return
+        if self._waiter is None:
+            self._waiter = wake.Waiter(self.redis_settings, self.queue_name)
+        try:
+            timeout_s = min(settings.idle_poll_s, await self._next_due_in_s(), self._next_cron_in_s())
+            if self._saw_due:  # its lock runs out within LOCK_TTL_S: catch it about as soon
+                timeout_s = min(timeout_s, settings.lock_ttl_s / 3)
+            if await self._waiter.wait(timeout_s):
+                self._next_due = None  # a job was queued, perhaps deferred
+        except (RedisError, OSError) as exc:
+            log.warning("redis_unavailable_polling", error_type=type(exc).__name__, error=str(exc))
+            await asyncio.sleep(1.0)
+
+    async def _next_due_in_s(self) -> float:
+        """Seconds to the next deferred job, read again only when something may have changed
+        it (a token, a job run, a cron queued, the last one due): an idle wait costs one BLPOP
+        and one poll."""
+        crons = tuple(c.next_run for c in self.cron_jobs)
+        now = time.monotonic()
+        if self._next_due is None or self._next_due <= now or crons != self._crons_due:
+            self._crons_due = crons
+            self._next_due = now + await wake.next_due_in_s(self.pool, self.queue_name)
+        return self._next_due - now
+
+    def _next_cron_in_s(self) -> float:
+        """Seconds until arq's heart_beat must queue the next cron run (it does so up to a
+        second ahead, with the run's time as the job's due time)."""
+        now = datetime.now(tz=self.timezone)
+        ahead = [(c.next_run - now).total_seconds() - 0.5 for c in self.cron_jobs if c.next_run is not None]
+        return max(0.0, min(ahead, default=math.inf))
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self._saw_due = bool(job_ids)
+        await super().start_jobs(job_ids)
+
+    async def close(self) -> None:
+        if self._waiter is not None:
+            await self._waiter.close()
+        await super().close()
 
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's start of one job, around which no error of that job can end the worker: a
