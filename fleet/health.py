@@ -33,6 +33,8 @@ from fleet.settings import Settings
 log = logging.getLogger("fleet.health")
 
 BUCKET_S = 10
+INFO_REFRESH_S = 30.0
+"""An idle replica's numbers (RSS drifts) are rewritten at least this often."""
 
 
 def replica_id() -> str:
@@ -183,6 +185,8 @@ class Heartbeat:
         self.replica = replica_id()
         self._task: asyncio.Task[None] | None = None
         self._registered: Path | None = None
+        self._written: dict[str, Any] | None = None
+        self._written_at = 0.0
         self.render: dict[str, Any] | None = None
         """An img worker's render settings, beaten so that ``fleet rethumb`` can refuse to feed
         workers that render with others (and name the settings that differ)."""
@@ -229,10 +233,17 @@ class Heartbeat:
             "rss_bytes": _rss_bytes(),
             "render": self.render,
         }
+        # The beat is the score; the numbers are rewritten only when they changed (or every
+        # INFO_REFRESH_S): an idle replica then costs Redis one command per beat.
+        numbers = {k: v for k, v in info.items() if k not in ("at", "rss_bytes")}
+        stale = numbers != self._written or now - self._written_at >= INFO_REFRESH_S
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.replica: now})
-            pipe.hset(f"{key}:info", self.replica, json.dumps(info))
+            if stale:
+                pipe.hset(f"{key}:info", self.replica, json.dumps(info))
             await pipe.execute()
+        if stale:
+            self._written, self._written_at = numbers, now
 
     async def _run(self, redis: ArqRedis) -> None:
         outage = Outage("heartbeat")
@@ -261,8 +272,16 @@ async def beats(
     """What each of ``replicas`` last beat (its counters, problem, pool size, RSS); {} if none."""
     if not replicas:
         return []
-    infos = await redis.hmget(f"{_replicas_key(settings.namespace, queue)}:info", replicas)  # type: ignore[misc]
-    return [json.loads(raw) if raw else {} for raw in infos]
+    key = _replicas_key(settings.namespace, queue)
+    infos = await redis.hmget(f"{key}:info", replicas)  # type: ignore[misc]
+    scores = await redis.zmscore(key, replicas)
+    found = []
+    for raw, at in zip(infos, scores, strict=True):
+        info = json.loads(raw) if raw else {}
+        if info and at is not None:
+            info["at"] = at  # the last beat (the numbers may have been written earlier)
+        found.append(info)
+    return found
 
 
 async def count_finished(redis: ArqRedis, namespace: str, queue: Queue) -> None:

@@ -499,7 +499,9 @@ def build_worker(
         "job_timeout": job_timeout_s + 10,
         "keep_result": settings.keep_result_s,
         "max_tries": MAX_JOB_TRY,
-        "health_check_interval": 10,
+        # arq's own health key (read by `arq --check`) every minute: fleet's per-replica
+        # heartbeats are what `fleet health` reads, and idle replicas should cost Redis little.
+        "health_check_interval": 60,
         "job_completion_wait": settings.drain_grace_s,
         "ctx": {"lock_ttl_s": settings.lock_ttl_s},
     }
