@@ -31,11 +31,17 @@ def inside(root: Path, path: Path) -> Path:
     return resolved
 
 
-def stored_file(root: Path, relative: str) -> Path:
-    """``root/folder/name.ext`` from a relative path such as ``iqdb/2025-12-01-1.jpg``."""
+def stored_key(relative: str) -> str:
+    """``relative`` (``folder/name.ext``, e.g. ``iqdb/2025-12-01-1.jpg``) if it names one file in
+    one folder: the key of that file in a bucket."""
     folder, _, name = relative.partition("/")
     filename, _, ext = name.rpartition(".")
     if not folder or folder.startswith(".") or "/" in name or "\x00" in folder:
         raise UnsafePathError(f"unsafe relative path {relative!r}")
     check_name(filename, ext)
-    return inside(root, root / folder / name)
+    return relative
+
+
+def stored_file(root: Path, relative: str) -> Path:
+    """``root/folder/name.ext`` from a relative path such as ``iqdb/2025-12-01-1.jpg``."""
+    return inside(root, root / stored_key(relative))

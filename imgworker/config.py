@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from fleet.objects import bucket_config
 from fleet.settings import Settings
 from imgworker.render import RenderOptions, default_options
-from imgworker.render.storage import BucketConfig, ObjectStore
+from imgworker.render.storage import ObjectStore
 
 
 def render_options(
@@ -42,14 +43,5 @@ def render_options(
 def render_storage(settings: Settings) -> Path | ObjectStore:
     """Where renders read originals and write outputs: the folder STORAGE_PATH, or the bucket
     of STORAGE_URL (``s3://BUCKET``) at R2_ENDPOINT with the R2 credentials."""
-    if settings.storage_url is None:
-        return settings.storage_path
-    return ObjectStore(
-        BucketConfig(
-            bucket=settings.storage_url.removeprefix("s3://").rstrip("/"),
-            endpoint=settings.r2_endpoint,
-            region=settings.storage_region,
-            access_key_id=settings.r2_access_key_id,
-            secret_access_key=settings.r2_secret_access_key,
-        )
-    )
+    config = bucket_config(settings)
+    return settings.storage_path if config is None else ObjectStore(config)

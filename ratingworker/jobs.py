@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fleet.board import utc_now
 from fleet.db import BoardSchema
-from fleet.errors import PermanentError
-from fleet.paths import UnsafePathError, stored_file
+from fleet.errors import PermanentError, TransientError
+from fleet.objects import BucketConfig, bucket_config, first_line, missing_object, open_bucket, refusal
+from fleet.paths import UnsafePathError, stored_file, stored_key
 from fleet.registry import (
     DELETE_FROM_IQDB,
     INDEX_IQDB,
@@ -25,6 +27,9 @@ from fleet.settings import Settings
 from fleet.worker import Context, handles
 from ratingworker import database
 from ratingworker.iqdb import IqdbClient
+
+if TYPE_CHECKING:
+    from obstore.store import S3Store
 
 log = logging.getLogger("ratingworker.jobs")
 
@@ -53,6 +58,57 @@ async def cached_prior(ctx: Context) -> database.Prior:
     return prior
 
 
+class JpegSource:
+    """Where the IQDB JPEGs are read: the folder STORAGE_PATH, or the bucket of STORAGE_URL
+    (the img workers wrote them there, under the same ``iqdb/{filename}.jpg`` key)."""
+
+    def __init__(self, root: Path, bucket: BucketConfig | None) -> None:
+        self.root = root
+        self.bucket = None if bucket is None else (bucket, open_bucket(bucket))
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> JpegSource:
+        return cls(settings.storage_path, bucket_config(settings))
+
+    async def read(self, relative: str) -> bytes:
+        """The file's bytes. An unsafe path, a missing file, a missing bucket or refused
+        credentials fail for good; a bucket server that is down is retried."""
+        try:
+            key = stored_key(relative)
+            if self.bucket is None:
+                return await asyncio.to_thread(stored_file(self.root, key).read_bytes)
+        except UnsafePathError as exc:
+            raise PermanentError(str(exc), kind="UnsafePathError") from exc
+        except FileNotFoundError as exc:
+            raise PermanentError(f"{relative} does not exist", kind="MissingThumbnail") from exc
+        return await _get(*self.bucket, key)
+
+
+async def _get(bucket: BucketConfig, client: S3Store, key: str) -> bytes:
+    """One GET of ``key``, its faults sorted as the render side sorts them."""
+    import obstore
+
+    try:
+        result = await obstore.get_async(client, key)
+        return bytes(await result.bytes_async())
+    except Exception as exc:
+        if missing_object(exc):
+            raise PermanentError(f"{key} is not in bucket {bucket.bucket}", kind="MissingThumbnail") from exc
+        refused = refusal(bucket, "read", key, exc)
+        if refused is not None:
+            raise PermanentError(refused, kind="BucketRefusedError") from exc
+        where = f"bucket {bucket.bucket} at {bucket.endpoint or 'AWS S3'}"
+        raise TransientError(f"cannot read {key} in {where}: {first_line(exc)}") from exc
+
+
+def _source(ctx: Context) -> JpegSource:
+    """The worker's source, opened at start-up (or now, for a context made by hand)."""
+    source: JpegSource | None = ctx.get("jpegs")
+    if source is None:
+        source = ctx["jpegs"] = JpegSource.for_settings(ctx["settings"])
+    return source
+
+
 def _iqdb(ctx: Context) -> IqdbClient | None:
     client: IqdbClient | None = ctx.get("iqdb")
     return client
@@ -63,14 +119,7 @@ async def index_iqdb(ctx: Context, payload: IqdbIndex) -> dict[str, Any]:
     iqdb = _iqdb(ctx)
     if iqdb is None:
         return {"skipped": "IQDB_URL not set"}
-    settings: Settings = ctx["settings"]
-    try:
-        path = stored_file(settings.storage_path, payload.path)
-        jpeg = await asyncio.to_thread(path.read_bytes)
-    except UnsafePathError as exc:
-        raise PermanentError(str(exc), kind="UnsafePathError") from exc
-    except FileNotFoundError as exc:
-        raise PermanentError(f"{payload.path} does not exist", kind="MissingThumbnail") from exc
+    jpeg = await _source(ctx).read(payload.path)
     digest = await iqdb.add(payload.image_id, jpeg)
     stored = await database.store_iqdb_hash(ctx["db"], await _schema(ctx), payload.image_id, digest)
     return {"image_id": payload.image_id, "hash_chars": len(digest), "hash_stored": stored}

@@ -72,6 +72,7 @@ def iqdb_worker_settings(settings: Settings) -> dict[str, Any]:
         await _open_db(ctx)
         if settings.iqdb_url:
             ctx["iqdb"] = IqdbClient(settings.iqdb_url, settings.iqdb_timeout_s)
+            ctx["jpegs"] = jobs.JpegSource.for_settings(settings)
         else:
             log.warning("IQDB_URL is not set: IQDB indexing is switched off")
 

@@ -25,13 +25,21 @@ import pytest
 import pyvips
 
 from fleet.client import FleetClient
+from fleet.db import create_engine, create_schema
+from fleet.db import images as images_table
+from fleet.errors import JobFailedError
 from fleet.processes import start_worker, wait_healthy
 from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.config import render_options, render_storage
 from imgworker.render import RenderRequest, render
 from imgworker.render.storage import BucketConfig, ObjectStore
+from imgworker.worker import worker_settings as img_worker_settings
+from ratingworker.worker import iqdb_worker_settings
 from tests import images
+from tests.board import add_images, row
+from tests.conftest import running_worker
+from tests.iqdb_server import IqdbServer, fake_hash
 
 
 def free_port() -> int:
@@ -241,3 +249,72 @@ def test_the_pixel_cap_is_checked_from_the_header_of_the_bytes_read(
     result = render(bucket, RenderRequest(1, filename, ext), options)
     assert (result.error_type, result.permanent) == ("TooManyPixelsError", True)
     assert set(keys(bucket)) == {f"fullsize/{filename}.png"}  # nothing written
+
+
+def in_bucket(settings: Settings, bucket: ObjectStore, database_url: str | None = None) -> Settings:
+    """``settings`` with STORAGE_URL at ``bucket`` (and the board's database, if given)."""
+    return settings.replace(
+        storage_url=f"s3://{bucket.config.bucket}",
+        r2_endpoint=bucket.config.endpoint,
+        storage_region="us-east-1",
+        r2_access_key_id="test",
+        r2_secret_access_key="test",
+        database_url=database_url or settings.database_url,
+    )
+
+
+@pytest.fixture
+async def board_sqlite(tmp_path: Path) -> str:
+    """fleet's copy of the board's tables on SQLite (it has iqdb_hash and r2_location)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
+    engine = create_engine(Settings(database_url=url))
+    await create_schema(engine)
+    await engine.dispose()
+    return url
+
+
+async def test_the_iqdb_worker_reads_the_jpeg_the_img_worker_put_in_the_bucket(
+    bucket: ObjectStore, settings: Settings, tmp_path: Path, board_sqlite: str
+) -> None:
+    """Nothing shared but the bucket: the light worker's STORAGE_PATH is an empty folder."""
+    filename, ext = upload_original(bucket, tmp_path / "src", "2025-01-01-1.png", images.pattern(900, 600))
+    engine = create_engine(Settings(database_url=board_sqlite))
+    await add_images(engine, 1)
+    with IqdbServer() as iqdb:
+        shared = in_bucket(settings, bucket, board_sqlite).replace(iqdb_url=iqdb.url)
+        light = shared.replace(storage_path=tmp_path / "light-has-no-files")
+        async with (
+            await FleetClient.connect(shared) as client,
+            running_worker(img_worker_settings(shared), iqdb_worker_settings(light)),
+        ):
+            render = await client.render_upload(1, filename, ext)
+            assert (await render.result(timeout=60, poll_delay=0.02))["ok"]
+
+            async def hash_stored() -> bool:
+                return (await row(engine, images_table, image_id=1))["iqdb_hash"] is not None
+
+            await wait_for(hash_stored, 60)
+        posted = [r.file for r in iqdb.state.requests if r.method == "POST"]
+    jpeg = read(bucket, f"iqdb/{filename}.jpg")
+    assert posted == [jpeg]
+    assert (await row(engine, images_table, image_id=1))["iqdb_hash"] == fake_hash(jpeg)
+    await engine.dispose()
+
+
+async def test_the_iqdb_worker_fails_for_good_on_a_missing_object_and_retries_a_bucket_server_down(
+    bucket: ObjectStore, settings: Settings, board_sqlite: str
+) -> None:
+    with IqdbServer() as iqdb:
+        present = in_bucket(settings, bucket, board_sqlite).replace(iqdb_url=iqdb.url, max_tries=2)
+        down = present.replace(r2_endpoint=f"http://127.0.0.1:{free_port()}")
+        async with await FleetClient.connect(present) as client:
+            async with running_worker(iqdb_worker_settings(present)):
+                missing = await client.index_iqdb(1, "iqdb/2025-01-01-9.jpg")
+                with pytest.raises(JobFailedError, match=r"MissingThumbnail.*iqdb/2025-01-01-9.jpg"):
+                    await missing.result(timeout=30, poll_delay=0.02)
+                assert (await missing.result_info()).job_try == 1  # not retried
+            async with running_worker(iqdb_worker_settings(down)):
+                unreachable = await client.index_iqdb(1, "iqdb/2025-01-01-9.jpg")
+                with pytest.raises(JobFailedError, match=r"gave up after 2 tries.*127\.0\.0\.1"):
+                    await unreachable.result(timeout=90, poll_delay=0.02)
+        assert not [r for r in iqdb.state.requests if r.method == "POST"]

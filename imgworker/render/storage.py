@@ -11,11 +11,11 @@ import hashlib
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleet.objects import NO_BUCKET, BucketConfig, first_line, open_bucket, refusal
 from fleet.paths import UnsafePathError, check_name, inside
 from imgworker.render.errors import BucketRefusedError, MissingOriginalError, RenderError, StorageError
 
@@ -151,21 +151,6 @@ def as_store(where: Path | Store) -> Store:
     return LocalStore(where) if isinstance(where, Path) else where
 
 
-@dataclass(frozen=True, slots=True)
-class BucketConfig:
-    """An S3-compatible bucket (R2, S3, MinIO). Plain data: it travels to render processes,
-    each of which opens its own client."""
-
-    bucket: str
-    endpoint: str | None = None
-    region: str = "auto"
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    retries: int = 3
-    """Retries of a request that failed for a transient reason, before the render fails (retried)."""
-    timeout_s: float = 30.0
-
-
 class ObjectStore:
     """Originals and outputs in a bucket, through obstore (signed requests, retries).
 
@@ -182,31 +167,7 @@ class ObjectStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from obstore.store import S3Store
-
-            config = self.config
-            self._client = S3Store(
-                config.bucket,
-                endpoint=config.endpoint,
-                region=config.region,
-                access_key_id=config.access_key_id,
-                secret_access_key=config.secret_access_key,
-                virtual_hosted_style_request=False,
-                client_options={
-                    "allow_http": bool(config.endpoint and config.endpoint.startswith("http://")),
-                    "timeout": timedelta(seconds=config.timeout_s),
-                    "connect_timeout": timedelta(seconds=min(5.0, config.timeout_s)),
-                },
-                retry_config={
-                    "max_retries": config.retries,
-                    "retry_timeout": timedelta(seconds=config.timeout_s),
-                    "backoff": {
-                        "init_backoff": timedelta(milliseconds=100),
-                        "max_backoff": timedelta(seconds=2),
-                        "base": 2.0,
-                    },
-                },
-            )
+            self._client = open_bucket(self.config)
         return self._client
 
     def key(self, folder: str, filename: str, ext: str) -> str:
@@ -221,7 +182,7 @@ class ObjectStore:
             result = obstore.get(self.client, key)
             data = bytes(result.bytes())
         except FileNotFoundError as exc:  # obstore's NotFoundError is one
-            if _NO_BUCKET in str(exc):
+            if NO_BUCKET in str(exc):
                 raise self._error("read", key, exc) from exc
             raise MissingOriginalError(f"original {key} is not in bucket {self.config.bucket}") from exc
         except Exception as exc:
@@ -235,7 +196,7 @@ class ObjectStore:
         try:
             meta = obstore.head(self.client, key)
         except FileNotFoundError as exc:
-            if _NO_BUCKET in str(exc):
+            if NO_BUCKET in str(exc):
                 raise self._error("look up", key, exc) from exc
             return None
         except Exception as exc:
@@ -252,7 +213,7 @@ class ObjectStore:
             try:
                 etag = obstore.head(self.client, key).get("e_tag") or ""
             except FileNotFoundError as exc:
-                if _NO_BUCKET in str(exc):
+                if NO_BUCKET in str(exc):
                     raise
                 etag = ""
             obstore.put(self.client, key, data, use_multipart=False)
@@ -274,23 +235,8 @@ class ObjectStore:
     def _error(self, doing: str, key: str, exc: Exception) -> RenderError:
         """Refused credentials or access, or a bucket that does not exist, fail for good with one
         clear message; anything else (the server down, a timeout) may pass and is retried."""
-        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
-
+        refused = refusal(self.config, doing, key, exc)
+        if refused is not None:
+            return BucketRefusedError(refused)
         where = f"bucket {self.config.bucket} at {self.config.endpoint or 'AWS S3'}"
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if _NO_BUCKET in str(exc):
-            return BucketRefusedError(f"cannot {doing} {key}: {where} does not exist; check STORAGE_URL")
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or _refused(str(exc)):
-            return BucketRefusedError(
-                f"cannot {doing} {key}: {where} refused the request ({text}); "
-                "check R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY and the bucket name"
-            )
-        return StorageError(f"cannot {doing} {key} in {where}: {text}")
-
-
-_NO_BUCKET = "NoSuchBucket"
-_REFUSALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
-
-
-def _refused(message: str) -> bool:
-    return any(code in message for code in _REFUSALS)
+        return StorageError(f"cannot {doing} {key} in {where}: {first_line(exc)}")
