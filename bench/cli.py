@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import img, light, report, wakeup
+from bench import img, light, report, s3, wakeup
 from bench.renderers import ExternalPillow
 from fleet import corpus
 from fleet.services import EmbeddedRedis
@@ -98,6 +98,7 @@ async def collect(mode: str, pillow_simd: str | None = None) -> dict[str, Any]:
             "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
         }
         results["img"] = await img.efficiency(settings, archive, sizes["rounds"])
+        results["s3"] = await s3.main(root, archive, settings, sizes["rounds"])
         results["per_upload"] = img.per_upload(root, big, settings, sizes["repeat"], simd)
         results["limit"] = img.limit(root, archive + big, settings, sizes["repeat"])
         results["memory"] = img.memory(root, big, settings, sizes["memory_per_kind"])

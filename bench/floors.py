@@ -24,4 +24,5 @@ TARGETS: dict[str, tuple[str, float]] = {
     "bulk_feeder_images_per_s": (">=", 20000.0),
     "thumbnail_p95_ratio": ("<=", 2.0),
     "fleet_health_start_s": ("<=", 0.3),  # a container healthcheck, every few seconds
+    "s3_ratio": (">=", 0.90),  # renders/s with a bucket (moto on loopback) / on a local folder
 }

@@ -14,16 +14,22 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     img, upload, lim, lat = results["img"], results["per_upload"], results["limit"], results["latency"]
     idle = lat["latency_ms"]["idle"]["queue_to_start"]
     start = {"fleet_health_start_s": results["cli"]["health_s_median"]} if "cli" in results else {}
-    return start | {
-        "efficiency": img["efficiency"],
-        "cascade_speedup": upload["cascade_speedup"],
-        "pillow_speedup": upload["pillow_speedup"],
-        "fraction_of_limit": lim["fraction_of_limit"],
-        "idle_queue_to_start_p50_ms": idle["p50"],
-        "idle_queue_to_start_p99_ms": idle["p99"],
-        "bulk_feeder_images_per_s": lat["enqueue"]["bulk_feeder_images_per_s"],
-        "thumbnail_p95_ratio": lat["latency_ms"]["thumbnail_p95_ratio"],
-    }
+    s3 = results.get("s3", {})
+    bucket = {"s3_ratio": s3["s3_ratio"]} if "s3_ratio" in s3 else {}
+    return (
+        start
+        | bucket
+        | {
+            "efficiency": img["efficiency"],
+            "cascade_speedup": upload["cascade_speedup"],
+            "pillow_speedup": upload["pillow_speedup"],
+            "fraction_of_limit": lim["fraction_of_limit"],
+            "idle_queue_to_start_p50_ms": idle["p50"],
+            "idle_queue_to_start_p99_ms": idle["p99"],
+            "bulk_feeder_images_per_s": lat["enqueue"]["bulk_feeder_images_per_s"],
+            "thumbnail_p95_ratio": lat["latency_ms"]["thumbnail_p95_ratio"],
+        }
+    )
 
 
 def below_floors(results: dict[str, Any]) -> list[str]:
@@ -54,6 +60,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|",
         f"| img, direct pool | {img['direct_renders_per_s']} renders/s |",
         f"| img, fleet end to end | {img['fleet_renders_per_s']} renders/s |",
+        *_s3(results.get("s3")),
         f"| img-bulk during the latency run | {lat['latency_ms']['bulk_images_per_s_meanwhile']} images/s |",
         f"| per upload, CPU: cascade / independent / Pillow | {upload['cascade_ms']} / "
         f"{upload['independent_ms']} / {upload['pillow_ms']} ms |",
@@ -79,6 +86,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
     tables = _per_kind(upload) + _thumb_profile(lim) + _memory(results.get("memory"))
     return "\n".join(lines + tables + _wakeup(results.get("wakeup"))) + "\n"
+
+
+def _s3(s3: dict[str, Any] | None) -> list[str]:
+    """Renders/s on a local folder and in a bucket (moto on loopback), same corpus and pool."""
+    if not s3 or "skipped" in s3:
+        return [f"| img, S3 storage | skipped: {s3['skipped']} |"] if s3 else []
+    return [
+        f"| img, local folder (pool, same run as S3) | {s3['local_renders_per_s']} renders/s |",
+        f"| img, S3 bucket (moto on loopback) | {s3['s3_renders_per_s']} renders/s, "
+        f"{s3['s3_ratio']} of local |",
+    ]
 
 
 def _wakeup(rows: list[dict[str, Any]] | None) -> list[str]:

@@ -7,29 +7,25 @@ started by the test, with signed requests from obstore as against R2 or MinIO.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import obstore
 import pytest
 import pyvips
 
+from bench.s3 import moto_server, new_bucket
 from fleet.client import FleetClient
 from fleet.db import create_engine, create_schema
 from fleet.db import images as images_table
 from fleet.errors import JobFailedError
 from fleet.processes import start_worker, wait_healthy
 from fleet.registry import Queue
+from fleet.services import free_port
 from fleet.settings import Settings
 from imgworker.config import render_options, render_storage
 from imgworker.render import RenderRequest, render
@@ -42,37 +38,6 @@ from tests.conftest import running_worker
 from tests.iqdb_server import IqdbServer, fake_hash
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def moto_server(**env: str) -> Iterator[str]:
-    """moto's S3 server on a free loopback port; yields its endpoint."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **env},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(f"{endpoint}/moto-api/", timeout=1)
-            break
-        assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
-        time.sleep(0.05)
-    try:
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """One server for this module's tests (a fresh bucket each)."""
@@ -83,11 +48,7 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def bucket(s3_endpoint: str) -> ObjectStore:
     """A fresh bucket per test."""
-    name = f"fleet-{uuid.uuid4().hex[:12]}"
-    httpx.put(f"{s3_endpoint}/{name}", timeout=5).raise_for_status()
-    return ObjectStore(
-        BucketConfig(name, s3_endpoint, "us-east-1", access_key_id="test", secret_access_key="test")
-    )
+    return new_bucket(s3_endpoint, f"fleet-{uuid.uuid4().hex[:12]}")
 
 
 def upload_original(bucket: ObjectStore, scratch: Path, name: str, image: Any) -> tuple[str, str]:
@@ -318,3 +279,19 @@ async def test_the_iqdb_worker_fails_for_good_on_a_missing_object_and_retries_a_
                 with pytest.raises(JobFailedError, match=r"gave up after 2 tries.*127\.0\.0\.1"):
                     await unreachable.result(timeout=90, poll_delay=0.02)
         assert not [r for r in iqdb.state.requests if r.method == "POST"]
+
+
+async def test_the_bench_measures_renders_per_s_in_a_bucket_against_a_local_folder(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from bench import report, s3
+    from fleet import corpus
+
+    samples = corpus.plan(3, seed=5, min_edge=300, max_edge=900)
+    corpus.generate(tmp_path / "corpus", samples)
+    measured = await s3.main(tmp_path / "corpus", samples, settings.replace(img_pool_size=1), rounds=1)
+    assert measured["renders"] == 3
+    assert measured["local_renders_per_s"] > 0 and measured["s3_renders_per_s"] > 0
+    ratio = measured["s3_renders_per_s"] / measured["local_renders_per_s"]
+    assert measured["s3_ratio"] == pytest.approx(ratio, rel=0.02)
+    assert any("S3 bucket" in line and "of local" in line for line in report._s3(measured))
