@@ -81,17 +81,21 @@ class FleetClient:
 
     # --- one method per job -------------------------------------------------------------
 
-    async def render_upload(self, image_id: int, filename: str, ext: str) -> Job:
-        """Render thumbnail (and medium/large when the original is big enough) for an upload."""
-        return await self.enqueue(RENDER_UPLOAD, RenderUpload(image_id=image_id, filename=filename, ext=ext))
+    async def render_upload(self, image_id: int, filename: str, ext: str, status: int | None = None) -> Job:
+        """Render thumbnail (and medium/large when the original is big enough) for an upload.
+        ``status`` (the image's) chooses the board's public or private bucket; None: public."""
+        upload = RenderUpload(image_id=image_id, filename=filename, ext=ext, status=status)
+        return await self.enqueue(RENDER_UPLOAD, upload)
 
     async def recalculate_rating(self, image_id: int) -> Job | None:
         """Recompute an image's rating after a vote. Coalesced: returns None when a
         recalculation of this image is already waiting (it will see this vote)."""
         return await self.enqueue_coalesced(RECALCULATE_RATING, ImageRef(image_id))
 
-    async def write_variant_flags(self, image_id: int, medium: int, large: int) -> Job:
-        return await self.enqueue(WRITE_VARIANT_FLAGS, VariantFlags(image_id, medium, large))
+    async def write_variant_flags(
+        self, image_id: int, medium: int, large: int, r2_location: int | None = None
+    ) -> Job:
+        return await self.enqueue(WRITE_VARIANT_FLAGS, VariantFlags(image_id, medium, large, r2_location))
 
     async def index_iqdb(self, image_id: int, path: str) -> Job:
         """Index the JPEG at ``path`` (relative to the storage root) in IQDB."""

@@ -29,13 +29,49 @@ class BucketConfig:
     timeout_s: float = 30.0
 
 
+BOARD_BUCKETS = "r2://"
+"""STORAGE_URL for the board's two buckets: R2_PUBLIC_BUCKET for the public statuses, else
+R2_PRIVATE_BUCKET (opt-in: a board's .env names both buckets even with R2 switched off)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketPair:
+    """The board's public and private buckets; an image's status chooses one."""
+
+    public: BucketConfig
+    private: BucketConfig
+
+    def all(self) -> tuple[BucketConfig, BucketConfig]:
+        return (self.public, self.private)
+
+
 def bucket_config(settings: Settings) -> BucketConfig | None:
-    """The bucket of STORAGE_URL at R2_ENDPOINT with the R2 credentials; None when outputs live
-    in the folder STORAGE_PATH."""
-    if settings.storage_url is None:
+    """The one bucket of STORAGE_URL=s3://BUCKET; None for a folder or the board's two buckets."""
+    if settings.storage_url is None or settings.storage_url == BOARD_BUCKETS:
         return None
+    return _config(settings, settings.storage_url.removeprefix("s3://").rstrip("/"))
+
+
+def bucket_pair(settings: Settings) -> BucketPair | None:
+    """The board's two buckets (STORAGE_URL=r2://); None otherwise."""
+    if settings.storage_url != BOARD_BUCKETS:
+        return None
+    assert settings.r2_public_bucket and settings.r2_private_bucket  # checked by Settings
+    return BucketPair(
+        _config(settings, settings.r2_public_bucket), _config(settings, settings.r2_private_bucket)
+    )
+
+
+def buckets(settings: Settings) -> tuple[BucketConfig, ...]:
+    """Every bucket the settings name, public first; none for the folder STORAGE_PATH."""
+    pair, one = bucket_pair(settings), bucket_config(settings)
+    return pair.all() if pair else (one,) if one else ()
+
+
+def _config(settings: Settings, bucket: str) -> BucketConfig:
+    """``bucket`` at R2_ENDPOINT with the R2 credentials."""
     return BucketConfig(
-        bucket=settings.storage_url.removeprefix("s3://").rstrip("/"),
+        bucket=bucket,
         endpoint=settings.r2_endpoint,
         region=settings.storage_region,
         access_key_id=settings.r2_access_key_id,

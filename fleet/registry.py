@@ -132,6 +132,8 @@ class RenderUpload:
     image_id: int
     filename: str
     ext: str
+    status: int | None = None
+    """The image's status: with the board's two buckets it chooses one (None: public)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,9 @@ class VariantFlags:
     image_id: int
     medium: int
     large: int
+    r2_location: int | None = None
+    """``images.r2_location`` once every output is in the board's bucket (1 public, 2 private);
+    None leaves it as it is."""
 
 
 @dataclass(frozen=True, slots=True)

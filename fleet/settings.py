@@ -49,6 +49,10 @@ class Settings:
     r2_secret_access_key: str | None = field(default=None, repr=False)
     storage_region: str = "auto"
     """The bucket's region ("auto" for R2)."""
+    r2_public_bucket: str | None = None
+    """With STORAGE_URL=r2://: the bucket of images whose status is public (1, 2, -1)."""
+    r2_private_bucket: str | None = None
+    """With STORAGE_URL=r2://: the bucket of every other image."""
     iqdb_url: str | None = None
     """IQDB server; unset: indexing is switched off. Or the board's IQDB_HOST + IQDB_PORT."""
     namespace: str = "fleet"
@@ -169,6 +173,12 @@ class Settings:
             checked = _check(f.name, value)
             if checked is not value:
                 object.__setattr__(self, f.name, checked)
+        if self.storage_url == "r2://" and not (self.r2_public_bucket and self.r2_private_bucket):
+            error = SettingsError(
+                "setting STORAGE_URL=r2:// needs R2_PUBLIC_BUCKET and R2_PRIVATE_BUCKET (the board's buckets)"
+            )
+            error.field_name = "storage_url"  # type: ignore[attr-defined]
+            raise error
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -403,15 +413,25 @@ def _cron_period(v: Any) -> str | None:
     return "a divisor of a minute, an hour or a day, in seconds (e.g. 30, 600, 3600, 86400)"
 
 
+_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+
+
+def _bucket_name(v: str | None) -> str | None:
+    return None if v is None or re.fullmatch(_BUCKET, v) else "an S3 bucket name"
+
+
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
     "iqdb_url": _url("http", "https"),
     "storage_url": lambda v: (
         None
-        if v is None or re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/?", v)
-        else "s3://BUCKET (an S3 bucket name), or unset for the folder STORAGE_PATH"
+        if v is None or v == "r2://" or re.fullmatch(rf"s3://{_BUCKET}/?", v)
+        else "s3://BUCKET (an S3 bucket name), r2:// (the board's two buckets), "
+        "or unset for the folder STORAGE_PATH"
     ),
+    "r2_public_bucket": lambda v: _bucket_name(v),
+    "r2_private_bucket": lambda v: _bucket_name(v),
     "r2_endpoint": _url("http", "https"),
     "namespace": lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "letters, digits, '_', '.', '-'",
     "thumb_format": lambda v: None if v in THUMB_FORMATS else "one of webp, jpeg (or jpg), png, gif, avif",

@@ -23,11 +23,10 @@ import struct
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Protocol
 
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, render
-from imgworker.render.storage import Store
+from imgworker.render.storage import Where
 
 LOST = ("RenderProcessCrashed", "RenderTimeout")
 """Error types of renders whose process died or was killed: the input may be to blame."""
@@ -96,7 +95,7 @@ def limit_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _serve(conn: Connection, root: Path | Store, options: RenderOptions, memory_mb: int = 0) -> None:
+def _serve(conn: Connection, root: Where, options: RenderOptions, memory_mb: int = 0) -> None:
     """A render process: one request in, one result out, until told to stop (None) or killed.
 
     If the worker dies (even by SIGKILL) its end of the pipe closes: an idle process sees EOF
@@ -120,7 +119,7 @@ def _serve(conn: Connection, root: Path | Store, options: RenderOptions, memory_
 
 
 class _Process:
-    def __init__(self, context: Any, root: Path | Store, options: RenderOptions, memory_mb: int) -> None:
+    def __init__(self, context: Any, root: Where, options: RenderOptions, memory_mb: int) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, root, options, memory_mb), daemon=True)
         self.process.start()
@@ -213,7 +212,7 @@ class ProcessPoolBackend:
 
     def __init__(
         self,
-        root: Path | Store,
+        root: Where,
         options: RenderOptions,
         size: int,
         *,

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from fleet.objects import bucket_config
+from fleet.objects import bucket_config, bucket_pair
 from fleet.settings import Settings
 from imgworker.render import RenderOptions, default_options
-from imgworker.render.storage import ObjectStore
+from imgworker.render.storage import ObjectStore, StatusBuckets
 
 
 def render_options(
@@ -40,8 +40,11 @@ def render_options(
     return options
 
 
-def render_storage(settings: Settings) -> Path | ObjectStore:
-    """Where renders read originals and write outputs: the folder STORAGE_PATH, or the bucket
-    of STORAGE_URL (``s3://BUCKET``) at R2_ENDPOINT with the R2 credentials."""
-    config = bucket_config(settings)
+def render_storage(settings: Settings) -> Path | ObjectStore | StatusBuckets:
+    """Where renders read originals and write outputs: the folder STORAGE_PATH, the bucket of
+    STORAGE_URL (``s3://BUCKET``), or the board's two buckets (``r2://``), at R2_ENDPOINT with
+    the R2 credentials."""
+    config, pair = bucket_config(settings), bucket_pair(settings)
+    if pair is not None:
+        return StatusBuckets(pair)
     return settings.storage_path if config is None else ObjectStore(config)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fleet.board import PUBLIC_STATUSES, R2Location
 from fleet.bulk import BulkRun, render_fingerprint
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
+from fleet.objects import bucket_pair
 from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
 from fleet.settings import Settings
 from fleet.worker import Context, backoff_s, dead_letter, handles
@@ -40,7 +42,12 @@ async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
 
 
 async def queue_follow_ups(
-    client: FleetClient, result: RenderResult, reindex: str = "always", *, last_try: bool = False
+    client: FleetClient,
+    result: RenderResult,
+    reindex: str = "always",
+    *,
+    last_try: bool = False,
+    r2_location: int | None = None,
 ) -> None:
     """Flags and IQDB right after the render, no fixed delay: the thumbnail exists now.
 
@@ -48,6 +55,7 @@ async def queue_follow_ups(
     that failed for good (the board serves the original), PENDING for one that failed
     transiently while a retry may still make it; on the ``last_try`` nothing will, so NONE.
     IQDB is told when ``reindex`` is "always", or "changed" and the thumbnail's bytes changed.
+    ``r2_location`` (the board's bucket the outputs went to) travels with the flags.
     If queueing fails the render job is retried (rendering again is harmless): files are never
     left on disk with no flags."""
     outputs = result.outputs
@@ -57,10 +65,10 @@ async def queue_follow_ups(
         if v in outputs
     }
     try:
-        if flags:
+        if flags or r2_location is not None:
             none = int(VariantStatus.NONE)
             await client.write_variant_flags(
-                result.image_id, medium=flags.get("medium", none), large=flags.get("large", none)
+                result.image_id, flags.get("medium", none), flags.get("large", none), r2_location
             )
         iqdb = outputs.get("iqdb")
         if (
@@ -73,14 +81,24 @@ async def queue_follow_ups(
         raise TransientError(f"rendered, but follow-up jobs could not be queued: {exc}") from exc
 
 
+def r2_location(settings: Settings, public: bool) -> int | None:
+    """``images.r2_location`` for outputs written to the board's buckets; None without them."""
+    if bucket_pair(settings) is None:
+        return None
+    return int(R2Location.PUBLIC if public else R2Location.PRIVATE)
+
+
 @handles(RENDER_UPLOAD)
 async def render_upload(ctx: Context, payload: RenderUpload) -> dict[str, Any]:
     backend: RenderBackend = ctx["backend"]
-    [result] = await backend.render_batch([RenderRequest(payload.image_id, payload.filename, payload.ext)])
+    settings: Settings = ctx["settings"]
+    public = payload.status is None or payload.status in PUBLIC_STATUSES
+    request = RenderRequest(payload.image_id, payload.filename, payload.ext, public)
+    [result] = await backend.render_batch([request])
     if result.outputs:  # the thumbnail exists, even when a medium or large failed
-        settings: Settings = ctx["settings"]
         last_try = result.permanent or int(ctx.get("job_try", 1)) >= settings.max_tries
-        await queue_follow_ups(ctx["fleet"], result, last_try=last_try)
+        location = r2_location(settings, public) if result.ok else None
+        await queue_follow_ups(ctx["fleet"], result, last_try=last_try, r2_location=location)
     await raise_for_failure(ctx, result)
     return dataclasses.asdict(result)
 

@@ -23,6 +23,7 @@ from fleet.board import (
     AdminActionType,
     CloseReason,
     ImageStatus,
+    R2Location,
     ReviewOutcome,
     ReviewStatus,
     ReviewVote,
@@ -43,12 +44,19 @@ from fleet.errors import PermanentError
 log = logging.getLogger("ratingworker.database")
 
 
-async def write_variant_flags(engine: AsyncEngine, image_id: int, medium: int, large: int) -> None:
+async def write_variant_flags(
+    engine: AsyncEngine, image_id: int, medium: int, large: int, *, r2_location: int | None = None
+) -> None:
+    """The variant flags; with ``r2_location``, that too, but only from NONE (0), as the board's
+    finalize job writes it: a status sync that already moved the image is never undone."""
     with db_errors():
         async with engine.begin() as conn:
             done = await conn.execute(
                 sa.update(images).where(images.c.image_id == image_id).values(medium=medium, large=large)
             )
+            if r2_location is not None:
+                where = sa.and_(images.c.image_id == image_id, images.c.r2_location == int(R2Location.NONE))
+                await conn.execute(sa.update(images).where(where).values(r2_location=r2_location))
     if done.rowcount == 0:
         raise PermanentError(f"no image {image_id}", kind="UnknownImage")
 

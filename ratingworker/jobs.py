@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.board import utc_now
 from fleet.db import BoardSchema
 from fleet.errors import PermanentError, TransientError
-from fleet.objects import BucketConfig, bucket_config, first_line, missing_object, open_bucket, refusal
+from fleet.objects import BucketConfig, buckets, first_line, missing_object, open_bucket, refusal
 from fleet.paths import UnsafePathError, stored_file, stored_key
 from fleet.registry import (
     DELETE_FROM_IQDB,
@@ -36,7 +36,12 @@ log = logging.getLogger("ratingworker.jobs")
 
 @handles(WRITE_VARIANT_FLAGS)
 async def write_variant_flags(ctx: Context, payload: VariantFlags) -> None:
-    await database.write_variant_flags(ctx["db"], payload.image_id, payload.medium, payload.large)
+    location = payload.r2_location
+    if location is not None and not (await _schema(ctx)).can("r2_location"):
+        location = None  # a board without the column: the flags alone
+    await database.write_variant_flags(
+        ctx["db"], payload.image_id, payload.medium, payload.large, r2_location=location
+    )
 
 
 @handles(RECALCULATE_RATING)
@@ -59,33 +64,40 @@ async def cached_prior(ctx: Context) -> database.Prior:
 
 
 class JpegSource:
-    """Where the IQDB JPEGs are read: the folder STORAGE_PATH, or the bucket of STORAGE_URL
-    (the img workers wrote them there, under the same ``iqdb/{filename}.jpg`` key)."""
+    """Where the IQDB JPEGs are read: the folder STORAGE_PATH, or the bucket(s) of STORAGE_URL
+    (the img workers wrote them there, under the same ``iqdb/{filename}.jpg`` key). With the
+    board's two buckets the job does not say which: the public one is asked first."""
 
-    def __init__(self, root: Path, bucket: BucketConfig | None) -> None:
+    def __init__(self, root: Path, buckets: tuple[BucketConfig, ...]) -> None:
         self.root = root
-        self.bucket = None if bucket is None else (bucket, open_bucket(bucket))
+        self.buckets = [(bucket, open_bucket(bucket)) for bucket in buckets]
 
     @classmethod
     def for_settings(cls, settings: Settings) -> JpegSource:
-        return cls(settings.storage_path, bucket_config(settings))
+        return cls(settings.storage_path, buckets(settings))
 
     async def read(self, relative: str) -> bytes:
         """The file's bytes. An unsafe path, a missing file, a missing bucket or refused
         credentials fail for good; a bucket server that is down is retried."""
         try:
             key = stored_key(relative)
-            if self.bucket is None:
+            if not self.buckets:
                 return await asyncio.to_thread(stored_file(self.root, key).read_bytes)
         except UnsafePathError as exc:
             raise PermanentError(str(exc), kind="UnsafePathError") from exc
         except FileNotFoundError as exc:
             raise PermanentError(f"{relative} does not exist", kind="MissingThumbnail") from exc
-        return await _get(*self.bucket, key)
+        for bucket, client in self.buckets:
+            found = await _get(bucket, client, key)
+            if found is not None:
+                return found
+        names = " or ".join(bucket.bucket for bucket, _ in self.buckets)
+        raise PermanentError(f"{key} is not in bucket {names}", kind="MissingThumbnail")
 
 
-async def _get(bucket: BucketConfig, client: S3Store, key: str) -> bytes:
-    """One GET of ``key``, its faults sorted as the render side sorts them."""
+async def _get(bucket: BucketConfig, client: S3Store, key: str) -> bytes | None:
+    """One GET of ``key`` (None when the object is not there), its faults sorted as the render
+    side sorts them."""
     import obstore
 
     try:
@@ -93,7 +105,7 @@ async def _get(bucket: BucketConfig, client: S3Store, key: str) -> bytes:
         return bytes(await result.bytes_async())
     except Exception as exc:
         if missing_object(exc):
-            raise PermanentError(f"{key} is not in bucket {bucket.bucket}", kind="MissingThumbnail") from exc
+            return None
         refused = refusal(bucket, "read", key, exc)
         if refused is not None:
             raise PermanentError(refused, kind="BucketRefusedError") from exc

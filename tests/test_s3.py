@@ -31,7 +31,7 @@ from imgworker.config import render_options, render_storage
 from imgworker.render import RenderRequest, render
 from imgworker.render.storage import BucketConfig, ObjectStore
 from imgworker.worker import worker_settings as img_worker_settings
-from ratingworker.worker import iqdb_worker_settings
+from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests import images
 from tests.board import add_images, row
 from tests.conftest import running_worker
@@ -295,3 +295,63 @@ async def test_the_bench_measures_renders_per_s_in_a_bucket_against_a_local_fold
     ratio = measured["s3_renders_per_s"] / measured["local_renders_per_s"]
     assert measured["s3_ratio"] == pytest.approx(ratio, rel=0.02)
     assert any("S3 bucket" in line and "of local" in line for line in report._s3(measured))
+
+
+async def test_the_boards_two_buckets_each_image_in_the_one_its_status_chooses(
+    s3_endpoint: str, settings: Settings, tmp_path: Path, board_sqlite: str
+) -> None:
+    """STORAGE_URL=r2://: statuses 1, 2, -1 (and no status given) render in the public bucket,
+    the others in the private one; r2_location says which, and IQDB finds each JPEG."""
+    public = new_bucket(s3_endpoint, f"pub-{uuid.uuid4().hex[:12]}")
+    private = new_bucket(s3_endpoint, f"priv-{uuid.uuid4().hex[:12]}")
+    statuses = {1: 1, 2: -1, 3: 0, 4: -4, 5: None}  # image id -> status given to render_upload
+    engine = create_engine(Settings(database_url=board_sqlite))
+    await add_images(engine, *statuses)
+    names = {}
+    for image_id, status in statuses.items():
+        where = public if status in (1, -1, None) else private
+        image = images.pattern(1500, 900, seed=image_id)  # a thumbnail and a medium
+        names[image_id] = upload_original(where, tmp_path / "src", f"2025-01-01-{image_id}.png", image)
+    with IqdbServer() as iqdb:
+        board = settings.replace(
+            storage_url="r2://",
+            r2_public_bucket=public.config.bucket,
+            r2_private_bucket=private.config.bucket,
+            r2_endpoint=s3_endpoint,
+            storage_region="us-east-1",
+            r2_access_key_id="test",
+            r2_secret_access_key="test",
+            database_url=board_sqlite,
+            iqdb_url=iqdb.url,
+        )
+        workers = (img_worker_settings(board), iqdb_worker_settings(board), db_worker_settings(board))
+        async with await FleetClient.connect(board) as client, running_worker(*workers):
+            jobs = [await client.render_upload(i, *names[i], status=s) for i, s in statuses.items()]
+            for job in jobs:
+                assert (await job.result(timeout=60, poll_delay=0.02))["ok"]
+
+            async def settled() -> bool:
+                found = [await row(engine, images_table, image_id=i) for i in statuses]
+                return all(r["iqdb_hash"] is not None and r["r2_location"] != 0 for r in found)
+
+            await wait_for(settled, 60)
+    for image_id, status in statuses.items():
+        filename, _ = names[image_id]
+        home, other = (public, private) if status in (1, -1, None) else (private, public)
+        assert {f"thumbs/{filename}.webp", f"medium/{filename}.png", f"iqdb/{filename}.jpg"} <= set(
+            keys(home)
+        )
+        assert not [key for key in keys(other) if filename in key]
+        found = await row(engine, images_table, image_id=image_id)
+        assert found["r2_location"] == (1 if home is public else 2)
+        assert found["iqdb_hash"] == fake_hash(read(home, f"iqdb/{filename}.jpg"))
+    await engine.dispose()
+
+
+def test_the_boards_two_buckets_need_both_names() -> None:
+    with pytest.raises(ValueError, match="R2_PUBLIC_BUCKET and R2_PRIVATE_BUCKET"):
+        Settings.from_env({"STORAGE_URL": "r2://", "R2_PUBLIC_BUCKET": "shuushuu-images"})
+    both = Settings.from_env(
+        {"STORAGE_URL": "r2://", "R2_PUBLIC_BUCKET": "pub-images", "R2_PRIVATE_BUCKET": "priv-images"}
+    )
+    assert (both.r2_public_bucket, both.r2_private_bucket) == ("pub-images", "priv-images")

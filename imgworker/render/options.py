@@ -115,6 +115,8 @@ class RenderRequest:
     image_id: int
     filename: str
     ext: str
+    public: bool = True
+    """With the board's two buckets, which one holds the image (its status chooses)."""
 
 
 @dataclass(frozen=True, slots=True)

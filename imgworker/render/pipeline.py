@@ -24,10 +24,10 @@ from imgworker.render.options import (
     Variant,
     VariantStatus,
 )
-from imgworker.render.storage import Store
+from imgworker.render.storage import Store, Where
 
 
-def render(where: Path | Store, request: RenderRequest, options: RenderOptions) -> RenderResult:
+def render(where: Where, request: RenderRequest, options: RenderOptions) -> RenderResult:
     """Render ``request``; failures come back in the result (never raised), with their class.
 
     A medium or large that cannot be made fails alone: the thumbnail (and the IQDB JPEG) are
@@ -35,7 +35,7 @@ def render(where: Path | Store, request: RenderRequest, options: RenderOptions) 
     started = time.perf_counter()
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
-        outputs = _render(storage.as_store(where), request, options)
+        outputs = _render(storage.store_for(where, request.public), request, options)
     except _AlreadyCurrent as current:
         seconds = time.perf_counter() - started
         return RenderResult(request.image_id, file, True, current.outputs, skipped=True, seconds=seconds)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fleet.objects import NO_BUCKET, BucketConfig, first_line, open_bucket, refusal
+from fleet.objects import NO_BUCKET, BucketConfig, BucketPair, first_line, open_bucket, refusal
 from fleet.paths import UnsafePathError, check_name, inside
 from imgworker.render.errors import BucketRefusedError, MissingOriginalError, RenderError, StorageError
 
@@ -151,6 +151,14 @@ def as_store(where: Path | Store) -> Store:
     return LocalStore(where) if isinstance(where, Path) else where
 
 
+def store_for(where: Where, public: bool) -> Store:
+    """Where one image's original and outputs live: with the board's two buckets, the one its
+    status chooses; otherwise the one folder or bucket."""
+    if isinstance(where, StatusBuckets):
+        return where.public if public else where.private
+    return as_store(where)
+
+
 class ObjectStore:
     """Originals and outputs in a bucket, through obstore (signed requests, retries).
 
@@ -240,3 +248,18 @@ class ObjectStore:
             return BucketRefusedError(refused)
         where = f"bucket {self.config.bucket} at {self.config.endpoint or 'AWS S3'}"
         return StorageError(f"cannot {doing} {key} in {where}: {first_line(exc)}")
+
+
+class StatusBuckets:
+    """The board's two buckets (STORAGE_URL=r2://): public statuses in one, the rest in the other."""
+
+    def __init__(self, pair: BucketPair) -> None:
+        self.public = ObjectStore(pair.public)
+        self.private = ObjectStore(pair.private)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StatusBuckets, (BucketPair(self.public.config, self.private.config),))
+
+
+Where = Path | Store | StatusBuckets
+"""Where renders read originals and write outputs: a folder, a store, or the board's two buckets."""
