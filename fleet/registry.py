@@ -59,9 +59,17 @@ class JobSpec(Generic[P]):
         return f"{namespace}:pending:{self.name}:{values}"
 
     def encode(self, payload: P) -> dict[str, Any]:
+        """The payload's fields, less optional ones left at None: a job that does not use a
+        newer field (``RenderUpload.status``) is still accepted by a worker one release older,
+        which refuses unknown fields, during a rolling upgrade."""
         if not isinstance(payload, self.payload):
             raise TypeError(f"{self.name} takes a {self.payload.__name__}, not {type(payload).__name__}")
-        return dataclasses.asdict(payload)
+        data = dataclasses.asdict(payload)
+        return {
+            f.name: data[f.name]
+            for f in dataclasses.fields(payload)
+            if not (f.default is None and data[f.name] is None)
+        }
 
     def decode(self, data: Any) -> P:
         """Rebuild the payload, refusing anything that does not match its declared types."""

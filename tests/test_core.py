@@ -68,6 +68,14 @@ def test_payloads_are_checked_against_their_declared_types() -> None:
         RENDER_UPLOAD.encode({"image_id": 1})  # type: ignore[arg-type]
 
 
+def test_an_optional_field_left_unset_is_not_sent_so_an_older_worker_accepts_the_job() -> None:
+    plain = RENDER_UPLOAD.encode(RenderUpload(1, "2025-01-01-1", "png"))
+    assert plain == {"image_id": 1, "filename": "2025-01-01-1", "ext": "png"}
+    assert RENDER_UPLOAD.decode(plain) == RenderUpload(1, "2025-01-01-1", "png", status=None)
+    private = RENDER_UPLOAD.encode(RenderUpload(1, "2025-01-01-1", "png", status=0))
+    assert private["status"] == 0 and RENDER_UPLOAD.decode(private).status == 0
+
+
 def test_jobs_travel_as_json_not_pickle() -> None:
     raw = serialize_job("render_upload", ({"image_id": 1},), {}, 1, 123, serializer=serializer.serialize)
     assert raw.startswith(b"{") and b"render_upload" in raw
