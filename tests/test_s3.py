@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 import pyvips
 
 from bench.s3 import moto_server, new_bucket
+from fleet import health
 from fleet.client import FleetClient
 from fleet.db import create_engine, create_schema
 from fleet.db import images as images_table
@@ -167,6 +169,7 @@ async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_los
         r2_secret_access_key="test",
         img_pool_size=1,
         lock_ttl_s=2.0,
+        health_interval_s=0.5,  # beats every 0.25 s: the test sees when the victim holds jobs
     )
     scratch = [tmp_path / "a", tmp_path / "b"]
     victim = start_worker(["img"], shared.replace(storage_path=scratch[0]))
@@ -175,10 +178,13 @@ async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_los
         await wait_healthy(client, Queue.IMG)
         jobs = [await client.render_upload(i + 1, *name) for i, name in enumerate(names)]
 
-        async def some_rendered() -> bool:
-            return any(key.startswith("thumbs/") for key in keys(bucket))
+        victim_replica = f"{socket.gethostname()}:{victim.pid}"
 
-        await wait_for(some_rendered)
+        async def victim_busy_after_a_render() -> bool:  # it holds jobs: they must run again
+            [info] = await health.beats(client.redis, shared, Queue.IMG, [victim_replica])
+            return any(key.startswith("thumbs/") for key in keys(bucket)) and info.get("running", 0) > 0
+
+        await wait_for(victim_busy_after_a_render)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         results = [await job.result(timeout=180, poll_delay=0.05) for job in jobs]
