@@ -273,15 +273,18 @@ async def beats(
     if not replicas:
         return []
     key = _replicas_key(settings.namespace, queue)
-    infos = await redis.hmget(f"{key}:info", replicas)  # type: ignore[misc]
-    scores = await redis.zmscore(key, replicas)
-    found = []
-    for raw, at in zip(infos, scores, strict=True):
-        info = json.loads(raw) if raw else {}
+    found = await _numbers(redis, key, replicas)
+    for info, at in zip(found, await redis.zmscore(key, replicas), strict=True):
         if info and at is not None:
             info["at"] = at  # the last beat (the numbers may have been written earlier)
-        found.append(info)
     return found
+
+
+async def _numbers(redis: ArqRedis, key: str, replicas: list[str]) -> list[dict[str, Any]]:
+    if not replicas:
+        return []
+    infos = await redis.hmget(f"{key}:info", replicas)  # type: ignore[misc]
+    return [json.loads(raw) if raw else {} for raw in infos]
 
 
 async def count_finished(redis: ArqRedis, namespace: str, queue: Queue) -> None:
@@ -297,8 +300,13 @@ class QueueHealth:
     queue: str
     live: list[str]
     stale: list[str]
-    troubled: dict[str, str] = field(default_factory=dict)
-    """Live replicas that report a problem, with it."""
+    numbers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What each live replica last beat (counters, problem, pool size, RSS)."""
+
+    @property
+    def troubled(self) -> dict[str, str]:
+        """Live replicas that report a problem, with it."""
+        return {name: str(info["problem"]) for name, info in self.numbers.items() if info.get("problem")}
 
     @property
     def healthy(self) -> bool:
@@ -326,13 +334,8 @@ async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealt
     if gone:
         await redis.zrem(key, *gone)
         await redis.hdel(f"{key}:info", *gone)  # type: ignore[misc]
-    troubled = {}
-    if live:
-        infos = await redis.hmget(f"{key}:info", live)  # type: ignore[misc]
-        for name, raw in zip(live, infos, strict=True):
-            if raw and (problem := json.loads(raw).get("problem")):
-                troubled[name] = str(problem)
-    return QueueHealth(queue.value, live, stale, troubled)
+    numbers = dict(zip(live, await _numbers(redis, key, live), strict=True))
+    return QueueHealth(queue.value, live, stale, numbers)
 
 
 @dataclass
@@ -375,11 +378,7 @@ async def status(redis: ArqRedis, settings: Settings, queue: Queue) -> dict[str,
     name = queue_key(settings.namespace, queue)
     now_ms = time.time() * 1000
     health = await check(redis, settings, queue)
-    infos: list[Any] = []
-    if health.live:
-        info_key = f"{_replicas_key(settings.namespace, queue)}:info"
-        infos = await redis.hmget(info_key, health.live)  # type: ignore[misc]
-    running = sum(json.loads(raw)["running"] for raw in infos if raw)
+    running = sum(info.get("running", 0) for info in health.numbers.values())
     due = await redis.zcount(name, "-inf", now_ms)
     deferred = await redis.zcount(name, f"({now_ms}", "+inf")
     bucket = int(time.time()) // BUCKET_S
