@@ -85,14 +85,23 @@ async def efficiency(settings: Settings, samples: list[corpus.Sample], rounds: i
             for _ in range(rounds):
                 direct.append(await direct_seconds(settings, samples))
                 fleet.append(await _fleet_seconds(client, samples))
-    n, direct_s, fleet_s = len(samples), min(direct), min(fleet)
+    return best_rounds(len(samples), settings.pool_size, ("direct", direct), ("fleet", fleet), "efficiency")
+
+
+def best_rounds(
+    renders: int, processes: int, base: tuple[str, list[float]], other: tuple[str, list[float]], ratio: str
+) -> dict[str, Any]:
+    """Two sides timed in alternating rounds: each side's best round, as renders/s, and
+    ``ratio`` = base time / other time (1.0: the other side costs nothing extra)."""
+    (base_name, base_s), (other_name, other_s) = base, other
+    best_base, best_other = min(base_s), min(other_s)
     return {
-        "renders": n,
-        "rounds": rounds,
-        "processes": settings.pool_size,
-        "direct_renders_per_s": round(n / direct_s, 2),
-        "fleet_renders_per_s": round(n / fleet_s, 2),
-        "efficiency": round(direct_s / fleet_s, 3),
+        "renders": renders,
+        "rounds": len(base_s),
+        "processes": processes,
+        f"{base_name}_renders_per_s": round(renders / best_base, 2),
+        f"{other_name}_renders_per_s": round(renders / best_other, 2),
+        ratio: round(best_base / best_other, 3),
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from bench.img import best_rounds
 from fleet import corpus
 from fleet.objects import BucketConfig, open_bucket
 from fleet.services import free_port
@@ -102,12 +103,4 @@ async def main(root: Path, samples: list[corpus.Sample], settings: Settings, rou
         for _ in range(rounds):
             local.append(await seconds(LocalStore(root), settings, samples))
             bucket.append(await seconds(store, settings, samples))
-    n, local_s, bucket_s = len(samples), min(local), min(bucket)
-    return {
-        "renders": n,
-        "rounds": rounds,
-        "processes": settings.pool_size,
-        "local_renders_per_s": round(n / local_s, 2),
-        "s3_renders_per_s": round(n / bucket_s, 2),
-        "s3_ratio": round(local_s / bucket_s, 3),
-    }
+    return best_rounds(len(samples), settings.pool_size, ("local", local), ("s3", bucket), "s3_ratio")
