@@ -24,13 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.iqdb_server import IqdbServer
 from fleet import db
 from fleet.client import FleetClient
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 from fleet.worker import close_worker, make_worker
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
-from tests.iqdb_server import IqdbServer
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/")
 

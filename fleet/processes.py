@@ -5,35 +5,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from fleet.client import FleetClient
 from fleet.registry import Queue, queue_key
 from fleet.settings import Settings
 
 
-def start_worker(kinds: list[str], settings: Settings) -> subprocess.Popen[bytes]:
-    """``python -m fleet worker KIND...`` with ``settings`` in its environment."""
+def start_worker(kinds: list[str], settings: Settings, **popen: Any) -> subprocess.Popen[Any]:
+    """``python -m fleet worker KIND...`` with ``settings`` in its environment (``popen``:
+    more ``subprocess.Popen`` arguments, e.g. where its stderr goes)."""
     env = {**os.environ, **settings.as_env()}
-    return subprocess.Popen([sys.executable, "-m", "fleet", "worker", *kinds], env=env)
+    return subprocess.Popen([sys.executable, "-m", "fleet", "worker", *kinds], env=env, **popen)
+
+
+def stop(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
+    """Stop ``proc`` for real and return its exit status: SIGTERM (SIGCONT first, as a stopped
+    process acts on nothing else), then SIGKILL if it has not exited within ``timeout_s``.
+
+    A process that leads its own process group (started with ``start_new_session``, like a
+    shell running a command line) is signalled with its whole group."""
+
+    def send(signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+
+    if proc.poll() is None:
+        send(signal.SIGCONT)
+        send(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        return proc.wait()
 
 
 @contextlib.contextmanager
-def worker_process(kinds: list[str], settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker process (``python -m fleet worker KIND...``), stopped with SIGTERM on exit."""
-    proc = start_worker(kinds, settings)
+def worker_process(kinds: list[str], settings: Settings, **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """A real worker process (``python -m fleet worker KIND...``), stopped on exit (:func:`stop`)."""
+    proc = start_worker(kinds, settings, **popen)
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def wait_healthy(client: FleetClient, queue: Queue, timeout_s: float = 60.0) -> None:

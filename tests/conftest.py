@@ -9,7 +9,6 @@ its tests with the reason, unless FLEET_REQUIRE_SERVICES=1 (CI), where that is a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -23,6 +22,9 @@ import redis
 from fleet.client import FleetClient
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
+from tests.support import running_worker, sqlite_board
+
+__all__ = ["running_worker"]  # test_s3.py and test_sentinel.py import it from here until converted
 
 REQUIRE_SERVICES = os.environ.get("FLEET_REQUIRE_SERVICES") == "1"
 
@@ -85,27 +87,15 @@ async def client(settings: Settings) -> AsyncIterator[FleetClient]:
         yield c
 
 
-@contextlib.asynccontextmanager
-async def running_worker(*worker_kwargs: dict[str, Any] | list[dict[str, Any]]) -> AsyncIterator[Any]:
-    """arq workers in this event loop (renders still run in the img worker's process pool).
-
-    Takes worker settings as the factories return them (a dict, or a list for a worker kind
-    serving several queues); yields the worker, or a list of them when there are several."""
-    from fleet.worker import make_worker
-
-    flat = [k for kwargs in worker_kwargs for k in (kwargs if isinstance(kwargs, list) else [kwargs])]
-    workers = [make_worker(kwargs, handle_signals=False) for kwargs in flat]
-    tasks = [asyncio.create_task(w.async_run()) for w in workers]
-    try:
-        yield workers[0] if len(workers) == 1 else workers
-    finally:
-        from fleet.worker import close_worker
-
-        for worker, task in zip(workers, tasks, strict=True):
-            await close_worker(worker)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+@pytest.fixture
+async def bulk_settings(settings: Settings, tmp_path: Path) -> Settings:
+    """Settings for bulk runs: a SQLite board (its tables made, no rows), small batches."""
+    return settings.replace(
+        database_url=await sqlite_board(tmp_path),
+        bulk_max_queued=400,
+        bulk_batch_size=16,
+        bulk_max_jobs=2,
+    )
 
 
 def _reachable(url: str, default_port: int, what: str) -> str:
@@ -191,13 +181,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     """A fresh board database: the board's own tables (seed-era MariaDB, today's MariaDB and
     PostgreSQL), and fleet's demo copy on SQLite."""
     if request.param == "sqlite":
-        from fleet.db import create_engine, create_schema
-
-        url = f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
-        engine = create_engine(Settings(database_url=url))
-        await create_schema(engine)
-        await engine.dispose()
-        yield url
+        yield await sqlite_board(tmp_path)
         return
     async with board_database(request, request.param) as url:
         yield url

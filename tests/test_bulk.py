@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.iqdb_server import IqdbServer
 from fleet import db
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
@@ -27,27 +26,7 @@ from imgworker.backend import Priority, ProcessPoolBackend
 from imgworker.render import RenderRequest, default_options
 from imgworker.worker import worker_settings
 from tests import images
-from tests.conftest import running_worker
-from tests.iqdb_server import IqdbServer
-
-
-async def board(settings: Settings, count: int, distinct: int = 12) -> AsyncEngine:
-    """``count`` rows and originals (hard links to a few small distinct files)."""
-    full = settings.storage_path / "fullsize"
-    sources = [
-        images.jpeg(settings.storage_path, f"src-{k}.jpg", 160 + 23 * k, 120 + 17 * k)
-        for k in range(distinct)
-    ]
-    rows = []
-    for image_id in range(1, count + 1):
-        name = f"2025-{1 + image_id % 12:02d}-{1 + image_id % 28:02d}-{image_id}"
-        os.link(full / f"{sources[image_id % distinct][0]}.jpg", full / f"{name}.jpg")
-        rows.append({"image_id": image_id, "filename": name, "ext": "jpg", "medium": 2, "large": 2})
-    engine = db.create_engine(settings)
-    await db.create_schema(engine)
-    async with engine.begin() as conn:
-        await conn.execute(sa.insert(db.images), rows)
-    return engine
+from tests.support import Gate, GatedStore, bulk_board, drained, rethumb_cli, running_worker, wait_for
 
 
 def counting(kwargs_list: list[dict[str, Any]], renders: collections.Counter[int]) -> list[dict[str, Any]]:
@@ -75,35 +54,22 @@ def counting(kwargs_list: list[dict[str, Any]], renders: collections.Counter[int
     return kwargs_list
 
 
-def rethumb_cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **settings.as_env()}
-    command = [sys.executable, "-m", "fleet", "rethumb", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture
-def bulk_settings(settings: Settings, tmp_path: Path) -> Settings:
-    return settings.replace(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}",
-        bulk_max_queued=400,
-        bulk_batch_size=16,
-        bulk_max_jobs=2,
-    )
-
-
 async def test_feeder_killed_midway_resumes_and_renders_every_image_exactly_once(
     bulk_settings: Settings, client: FleetClient
 ) -> None:
     settings = bulk_settings
-    engine = await board(settings, 5000)
+    engine = await bulk_board(settings, 5000)
     await engine.dispose()
     run = BulkRun(client.redis, settings.namespace, Selection().run_id(settings))
     renders: collections.Counter[int] = collections.Counter()
     async with running_worker(counting(worker_settings(settings), renders)):
         feeder = rethumb_cli(settings, "--json")
-        while int((await run.state()).get("fed", 0)) < 2000:
+
+        async def fed() -> int:
             assert feeder.poll() is None, feeder.communicate()
-            await asyncio.sleep(0.05)
+            return int((await run.state()).get("fed", 0))
+
+        await wait_for(fed, until=lambda n: n >= 2000, what="the feeder to queue 2,000 images")
         feeder.send_signal(signal.SIGKILL)  # mid-run, mid-anything
         feeder.wait()
         fed_at_kill = int((await run.state())["fed"])
@@ -140,7 +106,6 @@ async def test_redis_stays_flat_while_feeding_100000_entries_with_no_worker(
 ) -> None:
     bound = 2000
     engine = db.create_engine(bulk_settings)
-    await db.create_schema(engine)
     async with engine.begin() as conn:
         rows = [{"image_id": i, "filename": f"2025-01-01-{i}", "ext": "jpg"} for i in range(1, 100_001)]
         await conn.execute(sa.insert(db.images), rows)
@@ -148,15 +113,27 @@ async def test_redis_stays_flat_while_feeding_100000_entries_with_no_worker(
         settings = bulk_settings.replace(redis_url=server.url, bulk_max_queued=bound)
         async with await FleetClient.connect(settings) as client:
             before = int((await client.redis.info("memory"))["used_memory"])
+            polls: list[int] = []  # "fed" at each of the feeder's rounds
             feeding = asyncio.create_task(
-                rethumb(client.redis, settings, Selection(), engine=engine, poll_s=0.05)
+                rethumb(
+                    client.redis,
+                    settings,
+                    Selection(),
+                    engine=engine,
+                    poll_s=0.05,
+                    progress=lambda counts, *_: polls.append(counts["fed"]),
+                )
             )
             run = BulkRun(client.redis, settings.namespace, Selection().run_id(settings))
             peak = 0
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:
+
+            async def idle_at_the_bound() -> bool:
+                """Five rounds since the bound was reached: each had the room to feed more."""
+                nonlocal peak
                 peak = max(peak, int((await client.redis.info("memory"))["used_memory"]) - before)
-                await asyncio.sleep(0.1)
+                return sum(fed >= bound for fed in polls) >= 5
+
+            await wait_for(idle_at_the_bound, what="the feeder to go round five times at its bound")
             state = await run.state()
             feeding.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -177,18 +154,19 @@ async def test_skips_current_outputs_reindexes_only_changed_thumbnails_and_repai
 ) -> None:
     with IqdbServer() as iqdb:
         settings = bulk_settings.replace(iqdb_url=iqdb.url)
-        engine = await board(settings, 10, distinct=10)
+        engine = await bulk_board(settings, 10, distinct=10)
         posts = lambda: sum(r.method == "POST" for r in iqdb.state.requests)  # noqa: E731
         async with running_worker(worker_settings(settings), _light(settings)):
             first = await rethumb(client.redis, settings, Selection(), engine=engine, poll_s=0.05)
             assert (first.rendered, first.skipped) == (10, 0)
-            await _settle(lambda: posts() == 10)
+            await wait_for(posts, until=lambda n: n == 10, what="ten IQDB posts")
 
             async def flags() -> set[Any]:
                 async with engine.connect() as conn:
                     return set((await conn.execute(sa.select(db.images.c.medium, db.images.c.large))).all())
 
-            await _settle(lambda: flags(), want={(0, 0)})  # small originals: PENDING rewritten to NONE
+            # Small originals: PENDING rewritten to NONE.
+            await wait_for(flags, until=lambda f: f == {(0, 0)}, what="the flags rewritten")
 
             again = await rethumb(client.redis, settings, Selection(), engine=engine, poll_s=0.05)
             assert again.already_finished and posts() == 10
@@ -197,7 +175,9 @@ async def test_skips_current_outputs_reindexes_only_changed_thumbnails_and_repai
                 client.redis, settings, Selection(), engine=engine, force=True, poll_s=0.05
             )
             assert (forced.rendered, forced.skipped) == (10, 0)
-            await asyncio.sleep(0.5)
+            # Every follow-up of the forced run was queued before its images were recorded:
+            # once the light queues have drained, IQDB has heard all it ever will of it.
+            await wait_for(lambda: drained(client, Queue.IQDB, Queue.DB), what="the follow-ups to drain")
             assert posts() == 10  # same bytes: IQDB not told again
 
             part = await rethumb(client.redis, settings, Selection(ids=(1, 5)), engine=engine, poll_s=0.05)
@@ -214,7 +194,7 @@ async def test_skips_current_outputs_reindexes_only_changed_thumbnails_and_repai
         async with running_worker(worker_settings(smaller), _light(smaller)):
             redo = await rethumb(client.redis, smaller, Selection(), engine=engine, poll_s=0.05)
             assert (redo.rendered, redo.skipped) == (10, 0)
-            await _settle(lambda: posts() == 20)  # new thumbnail bytes: re-indexed
+            await wait_for(posts, until=lambda n: n == 20, what="20 IQDB posts")  # new bytes: re-indexed
         await engine.dispose()
 
 
@@ -224,60 +204,68 @@ def _light(settings: Settings) -> list[dict[str, Any]]:
     return [iqdb_worker_settings(settings), db_worker_settings(settings)]
 
 
-async def _settle(check: Any, want: Any = True, timeout_s: float = 30) -> None:
-    """Until ``check()`` (a function or coroutine function) returns ``want``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got == want:
-            return
-        assert time.monotonic() < deadline, got
-        await asyncio.sleep(0.05)
+@dataclasses.dataclass
+class HeldRenders:
+    """Bulk renders queued on a real pool, the first (bulk0) held at the gate, so it is
+    certainly still running; ``upload()`` queues an upload render; ``ended`` has the labels
+    of the renders in the order they ended."""
+
+    backend: ProcessPoolBackend
+    gate: Gate
+    bulk: list[asyncio.Task[None]]
+    upload: Callable[[], asyncio.Task[None]]
+    ended: list[str]
 
 
-async def test_uploads_overtake_queued_bulk_renders(storage: Path) -> None:
+@contextlib.asynccontextmanager
+async def bulk_renders_held(
+    storage: Path, tmp_path: Path, bulk: int, **pool: int
+) -> AsyncIterator[HeldRenders]:
     name = images.jpeg(storage, "b.jpg", 1600, 1200)
-    backend = ProcessPoolBackend(storage, default_options(), size=1)
-    finished: list[str] = []
-    try:
-        await backend.warm_up()
+    held = images.jpeg(storage, "held.jpg", 1600, 1200)
+    ended: list[str] = []
+    with Gate(tmp_path / "gate") as gate:
+        backend = ProcessPoolBackend(GatedStore(storage, gate.path, [held[0]]), default_options(), **pool)
+        try:
+            await backend.warm_up()
 
-        async def render(label: str, priority: Priority) -> None:
-            await backend.render_batch([RenderRequest(0, *name)], priority=priority)
-            finished.append(label)
+            def render(label: str, original: tuple[str, str], priority: Priority) -> asyncio.Task[None]:
+                async def run() -> None:
+                    await backend.render_batch([RenderRequest(0, *original)], priority=priority)
+                    ended.append(label)
 
-        bulk = [asyncio.create_task(render(f"bulk{i}", Priority.BULK)) for i in range(4)]
-        await asyncio.sleep(0.02)  # bulk0 is rendering, bulk1-3 wait
-        upload = asyncio.create_task(render("upload", Priority.UPLOAD))
-        await asyncio.gather(*bulk, upload)
-    finally:
-        await backend.close()
-    assert finished[:2] == ["bulk0", "upload"]  # the upload waited for one render, not three
+                return asyncio.create_task(run())
+
+            tasks = [render(f"bulk{i}", held if i == 0 else name, Priority.BULK) for i in range(bulk)]
+            # All of them ran up to the pool in the same turn of the loop: the others have queued.
+            await wait_for(lambda: backend.busy, what="bulk0 to render (held at the gate)")
+            yield HeldRenders(backend, gate, tasks, lambda: render("upload", name, Priority.UPLOAD), ended)
+        finally:
+            await backend.close()
 
 
-async def test_a_reserved_process_lets_an_upload_start_during_a_saturating_bulk_run(storage: Path) -> None:
-    name = images.jpeg(storage, "b.jpg", 1600, 1200)
-    backend = ProcessPoolBackend(storage, default_options(), size=2, reserve=1)
-    started: list[str] = []
-    try:
-        await backend.warm_up()
+async def test_uploads_overtake_queued_bulk_renders(storage: Path, tmp_path: Path) -> None:
+    async with bulk_renders_held(storage, tmp_path, bulk=4, size=1) as held:  # bulk1-3 wait
+        upload = held.upload()
+        # The upload task runs (and queues) before bulk0's result can be read: the event loop
+        # runs the tasks made ready earlier first, and bulk0 cannot end before the gate opens.
+        held.gate.open()
+        await asyncio.gather(*held.bulk, upload)
+    assert held.ended[:2] == ["bulk0", "upload"]  # the upload waited for one render, not three
 
-        async def render(label: str, priority: Priority) -> None:
-            await backend.render_batch([RenderRequest(0, *name)], priority=priority)
-            started.append(label)
 
-        bulk = [asyncio.create_task(render(f"bulk{i}", Priority.BULK)) for i in range(3)]
-        await asyncio.sleep(0.02)
-        assert backend.busy == 1  # bulk work never takes the reserved process
-        upload = asyncio.create_task(render("upload", Priority.UPLOAD))
-        await asyncio.sleep(0.01)
-        assert backend.busy == 2  # the upload started at once, beside the bulk render
-        await asyncio.gather(*bulk, upload)
-    finally:
-        await backend.close()
-    assert started.index("upload") <= 1
+async def test_a_reserved_process_lets_an_upload_start_during_a_saturating_bulk_run(
+    storage: Path, tmp_path: Path
+) -> None:
+    async with bulk_renders_held(storage, tmp_path, bulk=3, size=2, reserve=1) as held:
+        assert held.backend.busy == 1  # bulk1-2 have queued: bulk work never takes the reserved process
+        upload = held.upload()
+        # While bulk0 is held, only the reserved process can run the upload.
+        await wait_for(lambda: held.backend.busy, until=lambda n: n == 2, what="the upload beside bulk0")
+        await upload
+        held.gate.open()
+        await asyncio.gather(*held.bulk)
+    assert held.ended[0] == "upload"
 
 
 async def test_dry_run_and_from_dir(bulk_settings: Settings, client: FleetClient) -> None:

@@ -8,12 +8,13 @@ import asyncio
 import json
 import signal
 import subprocess
-import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db
 from fleet.bulk import BulkRun, Selection, rethumb
@@ -23,21 +24,10 @@ from fleet.health import check
 from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
-from tests import images, test_bulk
-from tests.conftest import running_worker
-from tests.test_bulk import board, rethumb_cli
-
-bulk_settings = test_bulk.bulk_settings  # the same fixture: a SQLite board, small batches
+from tests import images
+from tests.support import bulk_board, rethumb_cli, running_worker, wait_for
 
 PENDING = 2
-
-
-async def wait_until(condition: Any, timeout_s: float = 60, what: str = "condition") -> None:
-    """Until the coroutine function ``condition`` returns true, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def _light(settings: Settings) -> list[dict[str, Any]]:
@@ -67,7 +57,7 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
     bulk_settings: Settings, client: FleetClient
 ) -> None:
     settings = bulk_settings.replace(medium_edge=200, large_edge=400)
-    engine = await board(settings, 6, distinct=6)  # 160x120 up to 275x205: some have a medium
+    engine = await bulk_board(settings, 6, distinct=6)  # 160x120 up to 275x205: some have a medium
     async with engine.begin() as conn:  # and one large original, with a medium and a large
         images.jpeg(settings.storage_path, "2025-01-01-7.jpg", 900, 700, Q=98)
         await conn.execute(
@@ -88,13 +78,13 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
         async def settled() -> bool:
             return PENDING not in {f for pair in (await flags()).values() for f in pair}
 
-        await wait_until(settled, what="the first run's flags")
+        await wait_for(settled, what="the first run's flags")
         async with engine.begin() as conn:  # the report: outputs exist, flags left at PENDING
             await conn.execute(sa.update(db.images).values(medium=PENDING, large=PENDING))
 
         again = await rethumb(client.redis, settings, Selection(mode="missing"), engine=engine, poll_s=0.05)
         assert (again.rendered, again.skipped) == (0, 7)  # nothing re-encoded
-        await wait_until(settled, what="the skipped images' flags")
+        await wait_for(settled, what="the skipped images' flags")
 
     def on_disk(folder: str, name: str) -> int:
         return int((settings.storage_path / folder / f"{name}.jpg").exists())
@@ -109,40 +99,45 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
 # --- 4: the feeder and the workers agree on the render settings ------------------------------------
 
 
+@pytest.fixture
+async def feeder(bulk_settings: Settings) -> AsyncIterator[tuple[Settings, AsyncEngine]]:
+    """A board of four images, and the settings of a feeder that renders them otherwise than
+    the workers (at 300 px: the workers run on ``bulk_settings``, at 500)."""
+    engine = await bulk_board(bulk_settings, 4, distinct=4)
+    yield bulk_settings.replace(thumb_width=300, thumb_height=300), engine
+    await engine.dispose()
+
+
 async def test_the_feeder_refuses_live_workers_that_render_with_other_settings(
-    bulk_settings: Settings, client: FleetClient
+    bulk_settings: Settings, client: FleetClient, feeder: tuple[Settings, AsyncEngine]
 ) -> None:
-    engine = await board(bulk_settings, 4, distinct=4)
-    changed = bulk_settings.replace(thumb_width=300, thumb_height=300)
+    changed, engine = feeder
     async with running_worker(worker_settings(bulk_settings)):  # still at the old size
-        await wait_until(lambda: _img_bulk_live(bulk_settings, client), what="an img-bulk beat")
+        await wait_for(lambda: _img_bulk_live(bulk_settings, client), what="an img-bulk beat")
         with pytest.raises(FleetError, match=r"other settings .*THUMB_WIDTH=300 here \(500 there\)"):
             await asyncio.wait_for(
                 rethumb(client.redis, changed, Selection(), engine=engine, poll_s=0.05), 60
             )
     run = BulkRun(client.redis, changed.namespace, Selection().run_id(changed))
     assert await run.state() == {}  # nothing started, so nothing "finished" after the restart
-    await engine.dispose()
 
 
 async def test_a_worker_with_other_settings_refuses_the_batches_and_the_summary_says_why(
-    bulk_settings: Settings, client: FleetClient
+    bulk_settings: Settings, client: FleetClient, feeder: tuple[Settings, AsyncEngine]
 ) -> None:
-    engine = await board(bulk_settings, 4, distinct=4)
-    changed = bulk_settings.replace(thumb_width=300, thumb_height=300)
+    changed, engine = feeder
     run = BulkRun(client.redis, changed.namespace, Selection().run_id(changed))
     feeding = asyncio.create_task(rethumb(client.redis, changed, Selection(), engine=engine, poll_s=0.05))
 
     async def fed() -> bool:
         return int((await run.state()).get("fed", 0)) == 4
 
-    await wait_until(fed, what="the feeder to queue every image")  # before any worker beat
+    await wait_for(fed, what="the feeder to queue every image")  # before any worker beat
     async with running_worker(worker_settings(bulk_settings)):
         summary = await asyncio.wait_for(feeding, 60)
     assert (summary.rendered, summary.skipped, summary.failed) == (0, 0, 4)
     assert "renders with settings" in summary.extra["refused"]
     assert not list((bulk_settings.storage_path / "thumbs").glob("*.webp"))  # refused, not rendered
-    await engine.dispose()
 
 
 # --- 5: finished runs point at --missing; a resume keeps the run's options -------------------------
@@ -152,7 +147,7 @@ async def test_a_finished_run_suggests_missing_for_what_was_added_since(
     bulk_settings: Settings, client: FleetClient
 ) -> None:
     settings = bulk_settings
-    engine = await board(settings, 3, distinct=3)
+    engine = await bulk_board(settings, 3, distinct=3)
     await engine.dispose()
     async with running_worker(worker_settings(settings)):
         out, err = await _finish(rethumb_cli(settings, "--json"))
@@ -174,7 +169,7 @@ async def test_resuming_an_interrupted_force_run_keeps_rendering_everything(
     bulk_settings: Settings, client: FleetClient
 ) -> None:
     settings = bulk_settings.replace(bulk_max_queued=8, bulk_batch_size=4)
-    engine = await board(settings, 40, distinct=4)
+    engine = await bulk_board(settings, 40, distinct=4)
     async with running_worker(worker_settings(settings)):
         first = await rethumb(client.redis, settings, Selection(), engine=engine, poll_s=0.05)
     assert first.rendered == 40  # every output current from here on
@@ -188,12 +183,12 @@ async def test_resuming_an_interrupted_force_run_keeps_rendering_everything(
         state = await run.state()  # the forced run's, not the finished one's
         return state.get("finished") == "0" and int(state.get("fed", 0)) >= 8
 
-    await wait_until(topped_up, what="the forced run to queue up to its bound")  # no worker: it stops there
+    await wait_for(topped_up, what="the forced run to queue up to its bound")  # no worker: it stops there
     forced.cancel()
     with pytest.raises(asyncio.CancelledError):
         await forced
     async with running_worker(worker_settings(settings)):
-        await wait_until(lambda: _img_bulk_live(settings, client), what="an img-bulk beat")
+        await wait_for(lambda: _img_bulk_live(settings, client), what="an img-bulk beat")
         resumed = await rethumb(client.redis, settings, Selection(), engine=engine, resume=True, poll_s=0.05)
     assert (resumed.rendered, resumed.skipped) == (40, 0)
     assert resumed.extra["resumed"] is True and resumed.extra["options"]["mode"] == "all"
@@ -220,7 +215,7 @@ def test_a_folder_outside_the_originals_is_refused_up_front(bulk_settings: Setti
 
 
 async def test_with_no_worker_the_feeder_warns_and_gives_up_with_a_message(bulk_settings: Settings) -> None:
-    engine = await board(bulk_settings, 3, distinct=3)
+    engine = await bulk_board(bulk_settings, 3, distinct=3)
     await engine.dispose()
     proc = rethumb_cli(bulk_settings, "--wait-for-workers", "3", "--json")
     assert proc.stderr is not None
@@ -236,7 +231,7 @@ async def test_with_no_worker_the_feeder_warns_and_gives_up_with_a_message(bulk_
 async def test_ctrl_c_prints_one_line_with_the_resume_hint(
     bulk_settings: Settings, client: FleetClient
 ) -> None:
-    engine = await board(bulk_settings, 3, distinct=3)
+    engine = await bulk_board(bulk_settings, 3, distinct=3)
     await engine.dispose()
     run = BulkRun(client.redis, bulk_settings.namespace, Selection().run_id(bulk_settings))
     proc = rethumb_cli(bulk_settings, "--wait-for-workers", "0", "--json")
@@ -244,7 +239,7 @@ async def test_ctrl_c_prints_one_line_with_the_resume_hint(
     async def fed() -> bool:
         return int((await run.state()).get("fed", 0)) == 3
 
-    await wait_until(fed, what="the feeder to queue the run")
+    await wait_for(fed, what="the feeder to queue the run")
     proc.send_signal(signal.SIGINT)
     out, err = await _finish(proc, 60)
     assert proc.returncode == 130 and out == ""
