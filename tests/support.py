@@ -125,6 +125,14 @@ def iqdb_worker(settings: Settings, index: Any, **options: Any) -> dict[str, Any
     return build_worker(Queue.IQDB, [handles(INDEX_IQDB)(index), delete], settings, **options)
 
 
+async def plant(client: FleetClient, queue: Queue, job_id: str, raw: bytes) -> None:
+    """Write a job straight into Redis, as an attacker with Redis access could."""
+    from arq.constants import job_key_prefix
+
+    await client.redis.set(job_key_prefix + job_id, raw)
+    await client.redis.zadd(queue_key(client.settings.namespace, queue), {job_id: time.time() * 1000})
+
+
 @contextlib.contextmanager
 def process(
     command: Sequence[str], env: dict[str, str], *, stop_s: float = 30.0, **popen: Any

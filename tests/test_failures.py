@@ -12,41 +12,29 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pyvips
-from arq.constants import job_key_prefix
 from arq.jobs import JobStatus
 
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError, TransientError
-from fleet.processes import start_worker, wait_healthy
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue, queue_key
+from fleet.processes import wait_healthy, worker_process
+from fleet.registry import Queue, queue_key
 from fleet.settings import Settings
-from fleet.worker import Context, build_worker, handles
+from fleet.worker import Context
 from imgworker.worker import worker_settings
 from ratingworker.worker import iqdb_worker_settings
 from tests import images
-from tests.conftest import running_worker
+from tests.support import fleet_cli, iqdb_worker, plant, running_worker, sqlite_board, wait_for
 
 
 def letters(client: FleetClient) -> DeadLetters:
     return DeadLetters(client.redis, client.settings.namespace, client.settings.dead_letter_ttl_s)
-
-
-def iqdb_worker(settings: Settings, index: Any) -> dict[str, Any]:
-    """An IQDB-queue worker whose index job is ``index`` (to provoke failures on purpose)."""
-
-    @handles(DELETE_FROM_IQDB)
-    async def delete(ctx: Context, payload: Any) -> None:
-        return None
-
-    return build_worker(Queue.IQDB, [handles(INDEX_IQDB)(index), delete], settings, job_timeout_s=0.5)
 
 
 async def test_broad_except_in_job_code_cannot_swallow_a_retry(
@@ -63,7 +51,7 @@ async def test_broad_except_in_job_code_cannot_swallow_a_retry(
             return "swallowed"
         return "done"
 
-    async with running_worker(iqdb_worker(settings, index)):
+    async with running_worker(iqdb_worker(settings, index, job_timeout_s=0.5)):
         job = await client.index_iqdb(1, "iqdb/a.jpg")
         assert await job.result(timeout=30, poll_delay=0.02) == "done"
     assert calls == [1, 2, 3]
@@ -77,9 +65,9 @@ async def test_unexpected_errors_and_timeouts_end_as_dead_letters(
     async def index(ctx: Context, payload: Any) -> None:
         if payload.image_id == 1:
             raise KeyError("bug")
-        await asyncio.sleep(5)  # past the 0.5 s job timeout
+        await asyncio.Event().wait()  # never set: the job runs on past its 0.5 s timeout
 
-    async with running_worker(iqdb_worker(settings, index)):
+    async with running_worker(iqdb_worker(settings, index, job_timeout_s=0.5)):
         bug = await client.index_iqdb(1, "iqdb/a.jpg")
         slow = await client.index_iqdb(2, "iqdb/b.jpg")
         with pytest.raises(JobFailedError, match="KeyError") as bug_failure:
@@ -92,12 +80,6 @@ async def test_unexpected_errors_and_timeouts_end_as_dead_letters(
     assert dead[bug.job_id].tries == 1 and dead[bug.job_id].function == "index_iqdb"
     assert dead[bug.job_id].args == [{"image_id": 1, "path": "iqdb/a.jpg"}]
     assert dead[slow.job_id].tries == 2 and dead[slow.job_id].queue == "iqdb"
-
-
-async def plant(client: FleetClient, queue: Queue, job_id: str, raw: bytes) -> None:
-    """Write a job straight into Redis, as an attacker with Redis access could."""
-    await client.redis.set(job_key_prefix + job_id, raw)
-    await client.redis.zadd(queue_key(client.settings.namespace, queue), {job_id: time.time() * 1000})
 
 
 async def test_planted_payloads_are_dead_lettered_never_run(settings: Settings, client: FleetClient) -> None:
@@ -124,10 +106,7 @@ async def test_planted_payloads_are_dead_lettered_never_run(settings: Settings, 
         async def all_dead() -> bool:
             return len(await dead.list("img")) == len(planted)
 
-        deadline = time.monotonic() + 30
-        while not await all_dead():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_for(all_dead, what="every planted job dead-lettered")
     found = {letter.job_id.rsplit("-", 1)[1]: letter for letter in await dead.list("img")}
     assert {k: v.error_type for k, v in found.items()} == {
         "pickle": "InvalidJob",
@@ -139,11 +118,6 @@ async def test_planted_payloads_are_dead_lettered_never_run(settings: Settings, 
     assert "no function 'os.system'" in found["unknown"].message
     assert "image_id" in found["badargs"].message
     assert not marker.exists()
-
-
-def fleet_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.as_env()}
-    return subprocess.run([sys.executable, "-m", "fleet", *args], env=env, capture_output=True, text=True)
 
 
 async def test_dead_letter_cli_lists_retries_with_fresh_tries_and_purges(
@@ -213,42 +187,30 @@ async def _all_gone(pids: set[int]) -> bool:
     return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
-async def wait_for(predicate: Any, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_sigkilled_worker_loses_nothing_and_recovers_within_the_lock_ttl(
     settings: Settings, client: FleetClient
 ) -> None:
     settings = settings.replace(lock_ttl_s=2.0, img_pool_size=1)
     name = images.write(settings.storage_path, "big.png", images.pattern(6000, 6000), compression=1)
-    victim = start_worker(["img"], settings)
-    try:
+    # The big original renders for seconds: the SIGKILL lands mid-render (a render that ended
+    # first would leave job_try at 1, failing the test rather than passing it wrongly).
+    with worker_process(["img"], settings) as victim:
         await wait_healthy(client, Queue.IMG)
         job = await client.render_upload(1, *name)
         in_progress = f"arq:in-progress:{job.job_id}"
-        await wait_for(lambda: client.redis.exists(in_progress))
+        await wait_for(lambda: client.redis.exists(in_progress), what="the render job to start")
         render_processes = descendants(victim.pid)
         assert render_processes  # the forkserver and the render process
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         killed_at = time.monotonic()
-        rescuer = start_worker(["img"], settings)
-        try:
+        with worker_process(["img"], settings):  # the rescuer
             result = await job.result(timeout=60, poll_delay=0.02)
             recovery_s = time.monotonic() - killed_at
-        finally:
-            rescuer.terminate()
-            rescuer.wait(30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
     assert result["ok"] is True
     assert (await job.result_info()).job_try == 2
-    await wait_for(lambda: _all_gone(render_processes), 30)  # no orphan keeps rendering
+    # No orphan keeps rendering.
+    await wait_for(lambda: _all_gone(render_processes), timeout=30, what="the render processes to end")
     # Lock expiry (2 s) + a poll + one render; arq's own lock would have held for the job timeout + 10 s.
     assert recovery_s < settings.lock_ttl_s + 10, recovery_s
     print(f"recovered {recovery_s:.2f} s after SIGKILL (LOCK_TTL_S={settings.lock_ttl_s})")
@@ -261,17 +223,14 @@ async def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
     settings = settings.replace(img_pool_size=1, img_max_jobs=1, drain_grace_s=20)
     big = images.write(settings.storage_path, "big.png", images.pattern(6000, 6000), compression=1)
     small = [images.jpeg(settings.storage_path, f"s{i}.jpg", 400, 300) for i in range(3)]
-    worker = start_worker(["img"], settings)
-    try:
+    with worker_process(["img"], settings) as worker:  # big renders for seconds: still running at SIGTERM
         await wait_healthy(client, Queue.IMG)
         running = await client.render_upload(1, *big)
-        await wait_for(lambda: client.redis.exists(f"arq:in-progress:{running.job_id}"))
+        in_progress = f"arq:in-progress:{running.job_id}"
+        await wait_for(lambda: client.redis.exists(in_progress), what="the big render to start")
         waiting = [await client.render_upload(10 + i, *name) for i, name in enumerate(small)]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
     assert (await running.result(timeout=1))["ok"] is True  # finished inside the grace period
     queued = await client.redis.zrange(queue_key(settings.namespace, Queue.IMG), 0, -1)
     assert sorted(q.decode() for q in queued) == sorted(j.job_id for j in waiting)  # untouched
@@ -283,32 +242,23 @@ async def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
 async def test_jobs_still_running_when_the_drain_grace_ends_go_back_to_the_queue(
     settings: Settings, client: FleetClient, tmp_path: Path
 ) -> None:
-    from tests.iqdb_server import IqdbServer
+    from bench.iqdb_server import IqdbServer
 
     with IqdbServer() as iqdb:
-        iqdb.state.delay_s = 5.0  # longer than the grace
+        iqdb.state.answering.clear()  # IQDB holds every answer: the job cannot end in the grace
         settings = settings.replace(
-            iqdb_url=iqdb.url, drain_grace_s=1, database_url=f"sqlite+aiosqlite:///{tmp_path / 'b.sqlite3'}"
+            iqdb_url=iqdb.url, drain_grace_s=1, database_url=await sqlite_board(tmp_path)
         )
-        from fleet.db import create_engine, create_schema
-
-        engine = create_engine(settings)
-        await create_schema(engine)
-        await engine.dispose()
         (settings.storage_path / "iqdb").mkdir()
         (settings.storage_path / "iqdb" / "a.jpg").write_bytes(images.pattern(64, 64).jpegsave_buffer())
-        worker = start_worker(["iqdb"], settings)
-        try:
+        with worker_process(["iqdb"], settings) as worker:
             await wait_healthy(client, Queue.IQDB)
             job = await client.index_iqdb(1, "iqdb/a.jpg")
-            await wait_for(lambda: client.redis.exists(f"arq:in-progress:{job.job_id}"))
+            await wait_for(lambda: iqdb.state.requests, what="the job's POST to reach IQDB")
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(30) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
         assert await job.status() == JobStatus.queued  # cancelled at the end of the grace, requeued
-        iqdb.state.delay_s = 0.0
+        iqdb.state.answering.set()
         async with running_worker(iqdb_worker_settings(settings)):
             assert (await job.result(timeout=30, poll_delay=0.02))["image_id"] == 1
         assert (await job.result_info()).job_try == 2
@@ -393,15 +343,10 @@ async def test_job_events_are_json_lines_with_job_queue_try_image_and_error(
     big = images.jpeg(root, "2025-12-01-2.jpg", 3000, 2000)
     (root / "large").write_text("a file where the large folder should be")  # big's large: transient
     log = tmp_path / "worker.stderr"
-    with log.open("wb") as stderr:
-        env = {**os.environ, **settings.as_env()}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "fleet", "worker", "img"],
-            env=env,
-            stderr=stderr,
-            stdout=subprocess.DEVNULL,
-        )
-    try:
+    with (
+        log.open("wb") as stderr,
+        worker_process(["img"], settings, stderr=stderr, stdout=subprocess.DEVNULL),
+    ):
         await wait_healthy(client, Queue.IMG)
         done = await client.render_upload(1, *small)
         transient = await client.render_upload(2, *big)
@@ -414,10 +359,7 @@ async def test_job_events_are_json_lines_with_job_queue_try_image_and_error(
         async def all_logged() -> bool:
             return sum(e["event"] == "job_dead_lettered" for e in job_events(log)) >= 2
 
-        await wait_for(all_logged, 30)
-    finally:
-        worker.terminate()
-        worker.wait(30)
+        await wait_for(all_logged, timeout=30, what="two job_dead_lettered events in the log")
     events = job_events(log)
     by_job: dict[str, list[tuple[str, int]]] = {}
     for event in events:

@@ -16,6 +16,7 @@ from fleet.settings import Settings
 from imgworker.backend import ProcessPoolBackend
 from imgworker.render import RenderRequest, RenderResult, Variant, VariantStatus, default_options
 from tests import images
+from tests.support import Gate, GatedStore, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -48,26 +49,29 @@ async def test_renders_run_in_pool_processes(storage: Path) -> None:
         await backend.close()
 
 
-async def test_a_killed_render_process_fails_only_its_own_render(storage: Path) -> None:
-    backend = ProcessPoolBackend(storage, default_options(), size=2)
-    try:
-        await backend.warm_up()
-        big = big_png(storage, "big.png")
-        images.jpeg(storage, "small.jpg", 800, 600)
-        doomed = asyncio.create_task(backend.render_batch([RenderRequest(1, *big)]))
-        await asyncio.sleep(0.05)  # the big render is under way in one process
-        [busy_pid] = backend.busy_pids
-        survivor = asyncio.create_task(backend.render_batch([RenderRequest(2, "small", "jpg")]))
-        os.kill(busy_pid, signal.SIGKILL)
-        [crashed] = await doomed
-        [fine] = await survivor
-        assert (crashed.ok, crashed.permanent, crashed.error_type) == (False, False, "RenderProcessCrashed")
-        assert fine.ok, fine.error
-        assert busy_pid not in backend.pids and len(backend.pids) == 2  # replaced
-        [again] = await backend.render_batch([RenderRequest(1, *big)])
-        assert again.ok, again.error
-    finally:
-        await backend.close()
+async def test_a_killed_render_process_fails_only_its_own_render(storage: Path, tmp_path: Path) -> None:
+    held = images.jpeg(storage, "held.jpg", 1200, 900)
+    images.jpeg(storage, "small.jpg", 800, 600)
+    with Gate(tmp_path / "gate") as gate:
+        backend = ProcessPoolBackend(GatedStore(storage, gate.path, [held[0]]), default_options(), size=2)
+        try:
+            await backend.warm_up()
+            doomed = asyncio.create_task(backend.render_batch([RenderRequest(1, *held)]))
+            # Its render is under way until the gate opens.
+            [busy_pid] = await wait_for(lambda: backend.busy_pids, what="the held render to start")
+            survivor = asyncio.create_task(backend.render_batch([RenderRequest(2, "small", "jpg")]))
+            os.kill(busy_pid, signal.SIGKILL)
+            [crashed] = await doomed
+            [fine] = await survivor
+            lost = (False, False, "RenderProcessCrashed")
+            assert (crashed.ok, crashed.permanent, crashed.error_type) == lost
+            assert fine.ok, fine.error
+            assert busy_pid not in backend.pids and len(backend.pids) == 2  # replaced
+            gate.open()
+            [again] = await backend.render_batch([RenderRequest(1, *held)])
+            assert again.ok, again.error
+        finally:
+            await backend.close()
 
 
 async def test_a_render_past_its_timeout_is_killed_not_abandoned(storage: Path) -> None:
@@ -77,8 +81,7 @@ async def test_a_render_past_its_timeout_is_killed_not_abandoned(storage: Path) 
         [pid] = backend.pids
         [result] = await backend.render_batch([RenderRequest(1, *big_png(storage, "slow.png"))])
         assert (result.ok, result.permanent, result.error_type) == (False, False, "RenderTimeout")
-        await asyncio.sleep(0.1)
-        assert not alive(pid)
+        assert not alive(pid)  # killed and reaped before the result came back
         assert backend.pids != [pid]
         images.jpeg(storage, "quick.jpg", 300, 200)
         [quick] = await backend.render_batch([RenderRequest(2, "quick", "jpg")])

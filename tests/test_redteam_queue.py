@@ -26,25 +26,15 @@ from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobFailedError, PayloadTooLargeError
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue, queue_key
+from fleet.registry import INDEX_IQDB, IqdbIndex, Queue, queue_key
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
-from fleet.worker import Context, build_worker, classify, error_fields, handles, job_fields
+from fleet.worker import Context, classify, error_fields, job_fields
 from imgworker.worker import worker_settings
 from tests import images
-from tests.conftest import running_worker
-from tests.test_failures import fleet_cli, iqdb_worker, plant
+from tests.support import fleet_cli, iqdb_worker, plant, running_worker, wait_for
 
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # every control character but the newline
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout_s: float = 30, what: str = "condition") -> Any:
-    """Wait for ``check()`` to be truthy, up to a deadline; returns its value."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def ok_index(ctx: Context, payload: Any) -> str:
@@ -87,7 +77,7 @@ async def test_malformed_envelopes_are_dead_lettered_and_the_worker_lives_on(
         async def all_dead() -> bool:
             return await letters.count("iqdb") == len(planted)
 
-        await until(all_dead, what="every planted job dead-lettered")
+        await wait_for(all_dead, what="every planted job dead-lettered")
         assert not worker.main_task.done(), "the worker died of a planted job"
         normal = await client.index_iqdb(7, "iqdb/ok.jpg")  # and it still runs real work
         assert await normal.result(timeout=30, poll_delay=0.02) == "ok"
@@ -148,11 +138,7 @@ async def test_heartbeat_lock_renewal_and_metrics_outlive_a_long_redis_outage(
         await release[payload.image_id].wait()
         return "ok"
 
-    @handles(DELETE_FROM_IQDB)
-    async def delete(ctx: Context, payload: Any) -> None:
-        return None
-
-    kwargs = build_worker(Queue.IQDB, [handles(INDEX_IQDB)(index), delete], settings, job_timeout_s=120)
+    kwargs = iqdb_worker(settings, index, job_timeout_s=120)
     # redis-py's retry budget, a minute in production, exhausted at once here.
     kwargs["redis_settings"].retry = Retry(NoBackoff(), 1)
     replicas = f"{settings.namespace}:replicas:iqdb"
@@ -160,9 +146,13 @@ async def test_heartbeat_lock_renewal_and_metrics_outlive_a_long_redis_outage(
         async with running_worker(kwargs):
             async with await FleetClient.connect(settings) as client:
                 first = await client.index_iqdb(1, "iqdb/a.jpg")
-                await until(lambda: client.redis.exists(in_progress_key_prefix + first.job_id), what="job 1")
+                await wait_for(
+                    lambda: client.redis.exists(in_progress_key_prefix + first.job_id), what="job 1"
+                )
             server.kill()
-            await asyncio.sleep(3 * settings.lock_ttl_s)  # the outage: every task fails several rounds
+            # Time is the subject: an outage of three lock TTLs, every background task failing
+            # several rounds (their own timers, not the test's, set the pace).
+            await asyncio.sleep(3 * settings.lock_ttl_s)
             restarted_at = time.time()
             server.start()
             async with await FleetClient.connect(settings) as client:
@@ -170,23 +160,23 @@ async def test_heartbeat_lock_renewal_and_metrics_outlive_a_long_redis_outage(
                 async def beating() -> bool:
                     return (await client.redis.zscore(replicas, health.replica_id()) or 0) > restarted_at
 
-                await until(beating, what="a heartbeat after the outage")
+                await wait_for(beating, what="a heartbeat after the outage")
                 release[1].set()
                 second = await client.index_iqdb(2, "iqdb/b.jpg")
                 lock = in_progress_key_prefix + second.job_id
-                await until(lambda: client.redis.exists(lock), what="job 2 running")
+                await wait_for(lambda: client.redis.exists(lock), what="job 2 running")
                 first_ttl = await client.redis.pttl(lock)
 
                 async def renewed() -> bool:
                     return bool(await client.redis.pttl(lock) > first_ttl)
 
-                await until(renewed, what="the lock renewed after the outage")
+                await wait_for(renewed, what="the lock renewed after the outage")
                 await client.enqueue(INDEX_IQDB, IqdbIndex(3, "iqdb/c.jpg"), defer_s=600)
 
                 async def refreshed() -> bool:
                     return REGISTRY.get_sample_value("fleet_queue_deferred", {"queue": "iqdb"}) == 1
 
-                await until(refreshed, what="the queue gauges refreshed after the outage")
+                await wait_for(refreshed, what="the queue gauges refreshed after the outage")
                 release[2].set()
                 assert await second.result(timeout=30, poll_delay=0.05) == "ok"
     finally:
@@ -209,7 +199,7 @@ async def test_a_job_whose_key_expired_is_dead_lettered_not_dropped(
     await client.redis.delete(job_key_prefix + job.job_id)  # as the key's expiry would
     async with running_worker(iqdb_worker(settings, ok_index)):
         letters = DeadLetters.of(client.redis, settings)
-        [letter] = await until(lambda: letters.list("iqdb"), what="the expired job's dead letter")
+        [letter] = await wait_for(lambda: letters.list("iqdb"), what="the expired job's dead letter")
     assert (letter.job_id, letter.queue, letter.error_type) == (job.job_id, "iqdb", "JobExpired")
     assert "expired before it ran" in letter.message
     assert await client.redis.zcard(queue_key(settings.namespace, Queue.IQDB)) == 0
@@ -239,7 +229,7 @@ async def test_dead_retry_of_a_failed_bulk_image_renders_it(settings: Settings, 
         async def rendered() -> bool:
             return thumb.exists()
 
-        await until(rendered, what="the retried image's thumbnail")
+        await wait_for(rendered, what="the retried image's thumbnail")
     assert await DeadLetters.of(client.redis, settings).list() == []
 
 
