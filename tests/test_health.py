@@ -2,57 +2,45 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
-from fleet.processes import start_worker, wait_healthy
+from fleet.processes import wait_healthy, worker_process
 from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from tests import images
-from tests.conftest import running_worker
+from tests.support import fleet_cli, running_worker, wait_for
 
 
-def fleet_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.as_env()}
-    return subprocess.run([sys.executable, "-m", "fleet", *args], env=env, capture_output=True, text=True)
+def health(settings: Settings) -> subprocess.CompletedProcess[str]:
+    """``fleet health --queue img``."""
+    return fleet_cli(settings, "health", "--queue", "img")
 
 
 async def test_health_fails_within_one_interval_of_a_sigkill(settings: Settings, client: FleetClient) -> None:
     settings = settings.replace(health_interval_s=1.0, img_pool_size=1)
-    assert fleet_cli(settings, "health", "--queue", "img").returncode == 1  # no replica yet
-    workers = [start_worker(["img"], settings) for _ in range(2)]
-    try:
+    assert health(settings).returncode == 1  # no replica yet
+    with worker_process(["img"], settings) as victim, worker_process(["img"], settings):
         await wait_healthy(client, Queue.IMG)
-        deadline = time.monotonic() + 30
-        while True:
-            ok = fleet_cli(settings, "health", "--queue", "img")
-            if ok.returncode == 0 and "live=2" in ok.stdout:
-                break
-            assert time.monotonic() < deadline, ok.stdout + ok.stderr
-            await asyncio.sleep(0.2)
-        workers[0].send_signal(signal.SIGKILL)
-        workers[0].wait()
+        await wait_for(
+            lambda: health(settings),
+            until=lambda ok: ok.returncode == 0 and "live=2" in ok.stdout,
+            what="two live img replicas",
+        )
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
         killed = time.monotonic()
-        while fleet_cli(settings, "health", "--queue", "img").returncode == 0:
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: health(settings).returncode, what="fleet health to fail")
         noticed_s = time.monotonic() - killed
-        failed = fleet_cli(settings, "health", "--queue", "img")
+        failed = health(settings)
         assert "live=1" in failed.stdout and "stale=" in failed.stdout
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-                worker.wait(30)
     # One interval, plus the time one `fleet health` process takes to start and answer.
     assert noticed_s < settings.health_interval_s + 1.5, noticed_s
     print(f"fleet health failed {noticed_s:.2f} s after the SIGKILL (HEALTH_INTERVAL_S=1)")
@@ -60,12 +48,12 @@ async def test_health_fails_within_one_interval_of_a_sigkill(settings: Settings,
 
 async def test_a_clean_stop_is_not_a_stale_replica(settings: Settings, client: FleetClient) -> None:
     settings = settings.replace(health_interval_s=1.0, img_pool_size=1)
-    worker = start_worker(["img"], settings)
-    await wait_healthy(client, Queue.IMG)
-    await asyncio.sleep(0.3)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
-    result = fleet_cli(settings, "health", "--queue", "img")
+    with worker_process(["img"], settings) as worker:
+        # Registered as a live replica first: a stop before that would prove nothing.
+        await wait_for(lambda: "live=1" in health(settings).stdout, what="a live img replica")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    result = health(settings)
     assert result.returncode == 1 and "live=0 stale=-" in result.stdout  # nobody serves it, nobody died
 
 
@@ -79,10 +67,8 @@ async def test_status_counts_ready_deferred_dead_and_throughput(
         jobs.append(await client.render_upload(9, "missing", "jpg"))  # dead letter
         for job in jobs[:3]:
             await job.result(timeout=30, poll_delay=0.02)
-        deadline = time.monotonic() + 30
-        while not await DeadLetters(client.redis, settings.namespace, 60).list("img"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        letters = DeadLetters(client.redis, settings.namespace, 60)
+        await wait_for(lambda: letters.list("img"), what="the missing original's dead letter")
     for i in range(5):  # no worker now: queued work waits
         await client.render_upload(100 + i, "later", "jpg")
     await client.enqueue(RENDER_UPLOAD, RenderUpload(200, "tomorrow", "jpg"), defer_s=3600)
@@ -101,15 +87,6 @@ def self_health(settings: Settings, container: str) -> subprocess.CompletedProce
     return fleet_cli(settings.replace(runtime_dir=settings.runtime_dir / container), "health", "--self")
 
 
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> float:
-    """Poll ``check`` until it holds; the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout_s, what
-        await asyncio.sleep(0.1)
-    return time.monotonic() - start
-
-
 async def test_self_health_judges_each_container_by_its_own_workers(
     settings: Settings, client: FleetClient
 ) -> None:
@@ -119,12 +96,17 @@ async def test_self_health_judges_each_container_by_its_own_workers(
     settings = settings.replace(health_interval_s=1.0, img_pool_size=1)
     containers = ("a", "b", "c")
     assert self_health(settings, "a").returncode == 1  # nothing registered yet
-    workers = {
-        c: start_worker(["img"], settings.replace(runtime_dir=settings.runtime_dir / c)) for c in containers
-    }
-    try:
+    with contextlib.ExitStack() as stack:
+        workers = {
+            c: stack.enter_context(
+                worker_process(["img"], settings.replace(runtime_dir=settings.runtime_dir / c))
+            )
+            for c in containers
+        }
         for c in containers:
-            await until(lambda c=c: self_health(settings, c).returncode == 0, f"container {c} never healthy")
+            await wait_for(
+                lambda c=c: self_health(settings, c).returncode == 0, what=f"container {c} healthy"
+            )
         ok = self_health(settings, "a")
         rows = {tuple(line.split()[:3]) for line in ok.stdout.splitlines()}
         replica = f"{socket.gethostname()}:{workers['a'].pid}"
@@ -138,24 +120,20 @@ async def test_self_health_judges_each_container_by_its_own_workers(
 
         workers["b"].send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
-        await until(lambda: self_health(settings, "b").returncode == 1, "a wedged worker stayed healthy")
+        await wait_for(
+            lambda: self_health(settings, "b").returncode, what="the wedged worker's check to fail"
+        )
         noticed_s = time.monotonic() - stopped
         wedged = self_health(settings, "b")
         assert f":{workers['b'].pid} last beat" in wedged.stdout and "FAIL" in wedged.stdout, wedged.stdout
         for _ in range(3):  # the other container is unaffected, whatever happens to a and b
             other = self_health(settings, "c")
             assert other.returncode == 0, other.stdout + other.stderr
-        assert fleet_cli(settings, "health", "--queue", "img").returncode == 1  # b is stale queue-wide too
+        assert health(settings).returncode == 1  # b is stale queue-wide too
 
         workers["b"].send_signal(signal.SIGCONT)
-        await until(lambda: self_health(settings, "b").returncode == 0, "b did not recover after SIGCONT")
+        await wait_for(lambda: self_health(settings, "b").returncode == 0, what="b healthy after SIGCONT")
         assert self_health(settings, "c").returncode == 0
-    finally:
-        for worker in workers.values():
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGCONT)
-                worker.terminate()
-                worker.wait(30)
     # One interval plus the start of one `fleet health` process (the check that saw it wedged).
     assert noticed_s < settings.health_interval_s + 1.5, noticed_s
     print(f"fleet health --self failed {noticed_s:.2f} s after the SIGSTOP (HEALTH_INTERVAL_S=1)")
@@ -166,15 +144,15 @@ async def test_self_health_covers_every_queue_of_a_light_worker_and_forgets_a_cl
 ) -> None:
     """One light process serves two queues: both are registered; SIGTERM removes both files."""
     settings = settings.replace(health_interval_s=1.0)
-    worker = start_worker(["light"], settings)
-    try:
-        await until(lambda: fleet_cli(settings, "health", "--self").returncode == 0, "light never healthy")
-        ok = fleet_cli(settings, "health", "--self")
+    with worker_process(["light"], settings) as worker:
+        ok = await wait_for(
+            lambda: fleet_cli(settings, "health", "--self"),
+            until=lambda done: done.returncode == 0,
+            what="the light worker healthy",
+        )
         assert {line.split()[0] for line in ok.stdout.splitlines()} == {"iqdb", "db"}, ok.stdout
         only_db = fleet_cli(settings, "health", "--self", "--queue", "db")
         assert only_db.returncode == 0 and only_db.stdout.startswith("db "), only_db.stdout
-    finally:
-        worker.terminate()
-        assert worker.wait(30) == 0
+    assert worker.returncode == 0
     assert not list(settings.runtime_dir.glob("*.json"))
     assert fleet_cli(settings, "health", "--self").returncode == 1
