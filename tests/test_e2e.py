@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, JobFailedError
+from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue, queue_key
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from tests import images
-from tests.conftest import running_worker
+from tests.support import fleet_env, running_worker
 
 
 async def test_upload_is_rendered_through_the_public_client(settings: Settings, client: FleetClient) -> None:
@@ -70,23 +69,13 @@ async def test_enqueue_raises_when_redis_is_down() -> None:
         await client.close()
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **settings.as_env()}
-
-
 async def test_worker_process_and_stock_arq_cli_health_check(settings: Settings, client: FleetClient) -> None:
-    env = _env(settings)
+    env = fleet_env(settings)
     check = [sys.executable, "-m", "arq", "imgworker.worker.WorkerSettings", "--check"]
     assert subprocess.run(check, env=env, capture_output=True).returncode == 1  # no worker yet
 
-    proc = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "img"], env=env)
-    try:
-        key = f"{queue_key(settings.namespace, Queue.IMG)}:health-check"
-        deadline = time.monotonic() + 60
-        while not await client.redis.exists(key):
-            assert proc.poll() is None, "worker exited"
-            assert time.monotonic() < deadline, "worker never became healthy"
-            await asyncio.sleep(0.05)
+    with worker_process(["img"], settings) as proc:
+        await wait_healthy(client, Queue.IMG)
         checked = subprocess.run(check, env=env, capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -97,9 +86,7 @@ async def test_worker_process_and_stock_arq_cli_health_check(settings: Settings,
         assert sorted(p.name for p in (settings.storage_path / "medium").iterdir()) == [
             f"w{i}.jpg" for i in range(6)
         ]
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+    assert proc.returncode == 0  # stopped by SIGTERM, cleanly
 
 
 async def test_lifespan_helper_opens_one_client_and_closes_it(settings: Settings) -> None:

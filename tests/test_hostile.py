@@ -9,7 +9,7 @@ import pytest
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError
-from fleet.processes import start_worker, wait_healthy
+from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.render import RenderRequest, default_options, render
@@ -48,8 +48,7 @@ def test_each_input_has_its_defined_outcome(corpus: tuple[Path, list[hostile.Cas
 async def test_one_worker_survives_the_whole_corpus(settings: Settings, client: FleetClient) -> None:
     cases = hostile.build(settings.storage_path)
     settings = settings.replace(max_pixels=50_000_000, render_decode_budget_mb=hostile.DECODE_BUDGET_MB)
-    worker = start_worker(["img"], settings)
-    try:
+    with worker_process(["img"], settings) as worker:
         await wait_healthy(client, Queue.IMG)
         jobs = [await client.render_upload(i, c.filename, c.ext) for i, c in enumerate(cases)]
         for case, job in zip(cases, jobs, strict=True):
@@ -68,9 +67,6 @@ async def test_one_worker_survives_the_whole_corpus(settings: Settings, client: 
         after = await client.render_upload(999, "after", "jpg")
         assert (await after.result(timeout=60, poll_delay=0.05))["ok"] is True
         assert worker.poll() is None
-    finally:
-        worker.terminate()
-        worker.wait(30)
     dead = await DeadLetters(client.redis, settings.namespace, 3600).list("img")
     assert sorted(letter.error_type for letter in dead) == sorted(
         c.outcome for c in cases if c.outcome != "ok"

@@ -15,13 +15,13 @@ import pyvips
 from fleet.client import FleetClient
 from fleet.connections import worker_redis_settings
 from fleet.errors import EnqueueError
-from fleet.processes import start_worker, wait_healthy
+from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from tests import images
-from tests.conftest import running_worker
+from tests.support import running_worker, wait_for
 
 
 async def test_workers_ride_out_a_redis_restart_and_finish_everything(storage: Path, tmp_path: Path) -> None:
@@ -30,25 +30,24 @@ async def test_workers_ride_out_a_redis_restart_and_finish_everything(storage: P
     server = EmbeddedRedis(appendonly=True, workdir=data).start()
     settings = Settings(redis_url=server.url, storage_path=storage, namespace="restart", img_pool_size=2)
     names = [images.jpeg(storage, f"r{i}.jpg", 900, 700) for i in range(40)]
-    worker = start_worker(["img"], settings)
     try:
-        async with await FleetClient.connect(settings) as client:
-            await wait_healthy(client, Queue.IMG)
-            jobs = [await client.render_upload(i, *name) for i, name in enumerate(names)]
-            while len(list((storage / "thumbs").glob("*.webp"))) < 5:
-                await asyncio.sleep(0.02)
-        server.kill()  # SIGKILL, mid-run
-        await asyncio.sleep(3.0)  # long enough for polls, job starts and finishes to fail
-        assert worker.poll() is None, "the worker died with Redis"
-        server.start()  # same port, same AOF
-        async with await FleetClient.connect(settings) as client:
-            for job in jobs:
-                job._redis = client.redis
-                assert (await job.result(timeout=120, poll_delay=0.05))["ok"] is True
-        assert worker.poll() is None
+        with worker_process(["img"], settings) as worker:
+            async with await FleetClient.connect(settings) as client:
+                await wait_healthy(client, Queue.IMG)
+                jobs = [await client.render_upload(i, *name) for i, name in enumerate(names)]
+                thumbs = lambda: len(list((storage / "thumbs").glob("*.webp")))  # noqa: E731
+                await wait_for(thumbs, until=lambda n: n >= 5, what="five thumbnails", every=0.02)
+            server.kill()  # SIGKILL, mid-run
+            # Time is the subject: an outage long enough for polls, job starts and finishes to fail.
+            await asyncio.sleep(3.0)
+            assert worker.poll() is None, "the worker died with Redis"
+            server.start()  # same port, same AOF
+            async with await FleetClient.connect(settings) as client:
+                for job in jobs:
+                    job._redis = client.redis
+                    assert (await job.result(timeout=120, poll_delay=0.05))["ok"] is True
+            assert worker.poll() is None
     finally:
-        worker.terminate()
-        worker.wait(30)
         server.stop()
     for i in range(40):
         thumb = pyvips.Image.new_from_file(str(storage / "thumbs" / f"r{i}.webp"), fail_on="error")

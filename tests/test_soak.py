@@ -7,6 +7,7 @@ decodable, zero partial files, zero lost jobs, and prints its numbers as one JSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import shutil
@@ -23,7 +24,7 @@ from fleet import corpus
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError
-from fleet.processes import start_worker, wait_healthy
+from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.settings import Settings
 
@@ -48,14 +49,19 @@ async def test_soak_uploads_survive_random_sigkills(settings: Settings) -> None:
             )
             uploads.append((len(uploads) + 1, name, sample.ext))
 
-    workers: list[subprocess.Popen[bytes]] = [start_worker(["img"], settings) for _ in range(WORKERS)]
+    stack = contextlib.ExitStack()  # every worker started, the killed ones too, stopped at the end
+
+    def start() -> subprocess.Popen[bytes]:
+        return stack.enter_context(worker_process(["img"], settings))
+
+    workers = [start() for _ in range(WORKERS)]
     kills: list[tuple[float, set[str]]] = []  # (when, jobs in progress anywhere at that moment)
     done = asyncio.Event()
 
     async def killer(client: FleetClient, ours: set[str]) -> None:
         rng = random.Random(3)
         while not done.is_set():
-            await asyncio.sleep(KILL_EVERY_S)
+            await asyncio.sleep(KILL_EVERY_S)  # time is the subject: a kill every few seconds
             if done.is_set():
                 return
             running = {
@@ -65,9 +71,9 @@ async def test_soak_uploads_survive_random_sigkills(settings: Settings) -> None:
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             kills.append((time.time(), running & ours))
-            workers.append(start_worker(["img"], settings))
+            workers.append(start())
 
-    try:
+    with stack:
         async with await FleetClient.connect(settings) as client:
             await wait_healthy(client, Queue.IMG)
             started = time.monotonic()
@@ -84,11 +90,6 @@ async def test_soak_uploads_survive_random_sigkills(settings: Settings) -> None:
             await killing
             infos = [await job.result_info() for job in jobs]
             dead = await DeadLetters(client.redis, settings.namespace, 3600).list()
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(60)
 
     retried = [
         (job, info) for job, info in zip(jobs, infos, strict=True) if info is not None and info.job_try > 1
