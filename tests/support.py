@@ -135,13 +135,13 @@ async def plant(client: FleetClient, queue: Queue, job_id: str, raw: bytes) -> N
 
 @contextlib.contextmanager
 def process(
-    command: Sequence[str], env: dict[str, str], *, stop_s: float = 30.0, **popen: Any
+    command: str | Sequence[str], env: dict[str, str], *, stop_s: float = 30.0, **popen: Any
 ) -> Iterator[subprocess.Popen[Any]]:
     """A real process (a worker with an environment of the test's making, an API server, a
-    shell), stopped for real on the way out, whatever the test did to it (fleet.processes.stop:
-    SIGTERM, SIGKILL after ``stop_s``). Its exit status is ``returncode`` after the block.
-    For ``python -m fleet worker`` with a test's settings: ``fleet.processes.worker_process``."""
-    proc = subprocess.Popen(list(command), env=env, **popen)
+    shell command line with ``shell=True``), stopped for real on the way out whatever the test
+    did to it (fleet.processes.stop: SIGTERM, SIGKILL after ``stop_s``); its exit status is its
+    ``returncode`` after the block. A worker on a test's settings: fleet.processes.worker_process."""
+    proc = subprocess.Popen(command if isinstance(command, str) else list(command), env=env, **popen)
     try:
         yield proc
     finally:

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fleet.services import free_port, redis_record
 from fleet.settings import Settings, env_names
+from tests.support import fleet_command, process, wait_for
 
 ROOT = Path(__file__).parent.parent
 
@@ -28,39 +27,34 @@ def bare_env(**variables: str) -> dict[str, str]:
 
 
 def fleet(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fleet", *args], env=env, capture_output=True, text=True, timeout=timeout
+    return subprocess.run(fleet_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+async def healthy(env: dict[str, str], queue: str) -> subprocess.CompletedProcess[str]:
+    """``fleet health --queue QUEUE``, once it passes."""
+    return await wait_for(
+        lambda: fleet(env, "health", "--queue", queue),
+        until=lambda done: done.returncode == 0,
+        every=0.2,
+        what=f"`fleet health --queue {queue}` to pass",
     )
 
 
-Done = subprocess.CompletedProcess[str]
-
-
-def until(run: Callable[[], Done], done: Callable[[Done], bool], timeout_s: float = 60.0) -> Done:
-    """Run ``run()`` until ``done(result)``; the last result, or a failure showing it."""
-    deadline = time.monotonic() + timeout_s
-    while not done(result := run()):
-        assert time.monotonic() < deadline, (result.stdout, result.stderr)
-        time.sleep(0.2)
-    return result
-
-
-def test_every_command_finds_the_embedded_redis_the_worker_started(tmp_path: Path, namespace: str) -> None:
+async def test_every_command_finds_the_embedded_redis_the_worker_started(
+    tmp_path: Path, namespace: str
+) -> None:
     storage = tmp_path / "storage"
     env = bare_env(STORAGE_PATH=str(storage), NAMESPACE=namespace, HEALTH_INTERVAL_S="1")
     assert fleet(env, "status").returncode == 2  # nothing runs yet: says so, see below
-    worker = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "img"], env=env)
-    try:
-        healthy = until(lambda: fleet(env, "health", "--queue", "img"), lambda r: r.returncode == 0)
+    with process(fleet_command("worker", "img"), env, stop_s=60) as worker:
+        ok = await healthy(env, "img")
         url = redis_record(storage).read_text().strip()
         assert url.startswith("redis://127.0.0.1:") and not url.endswith(":6379/0")
-        assert f"fleet: Redis {url}" in healthy.stderr  # every command names the Redis it read
-        assert "img       ok   live=1" in healthy.stdout
+        assert f"fleet: Redis {url}" in ok.stderr  # every command names the Redis it read
+        assert "img       ok   live=1" in ok.stdout
         status = fleet(env, "status", "--json")
         assert status.returncode == 0 and f"fleet: Redis {url}" in status.stderr
-    finally:
-        worker.terminate()
-        assert worker.wait(timeout=60) == 0
+    assert worker.returncode == 0
     assert not redis_record(storage).exists()  # gone with the worker that started it
     after = fleet(env, "status")
     assert after.returncode == 2
@@ -106,7 +100,7 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path, set
 
 
 @pytest.mark.parametrize("reachable", [True, False])
-def test_a_light_replica_whose_database_is_unreachable_is_not_healthy(
+async def test_a_light_replica_whose_database_is_unreachable_is_not_healthy(
     tmp_path: Path, settings: Settings, reachable: bool
 ) -> None:
     database = (
@@ -122,21 +116,26 @@ def test_a_light_replica_whose_database_is_unreachable_is_not_healthy(
         HEALTH_INTERVAL_S="1",
         RUNTIME_DIR=str(tmp_path / "runtime"),
     )
-    worker = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "db"], env=env)
-    try:
-        live = until(lambda: fleet(env, "health", "--queue", "db"), lambda r: "live=1" in r.stdout)
+    with process(fleet_command("worker", "db"), env, stop_s=60):
+
+        async def db_health(said: str) -> subprocess.CompletedProcess[str]:
+            return await wait_for(
+                lambda: fleet(env, "health", "--queue", "db"),
+                until=lambda done: said in done.stdout,
+                every=0.2,
+                what=f"`fleet health --queue db` to say {said}",
+            )
+
+        live = await db_health("live=1")
         if reachable:
             assert live.returncode == 0 and "troubled" not in live.stdout
             assert fleet(env, "health", "--self").returncode == 0
         else:
-            failing = until(lambda: fleet(env, "health", "--queue", "db"), lambda r: "troubled=" in r.stdout)
+            failing = await db_health("troubled=")
             assert failing.returncode == 1
             assert "db        FAIL live=1" in failing.stdout and "database unreachable" in failing.stdout
             own = fleet(env, "health", "--self")
             assert own.returncode == 1 and "database unreachable" in own.stdout
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
 
 def test_a_command_loads_only_its_own_plugin() -> None:
@@ -175,39 +174,34 @@ async def test_a_dead_letter_is_one_log_line_and_a_sigterm_no_sigusr1_noise(
         RUNTIME_DIR=str(tmp_path / "runtime"),
     )
     assert fleet(env, "db", "init").returncode == 0
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "fleet", "worker", "light"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        until(lambda: fleet(env, "health", "--queue", "db"), lambda r: r.returncode == 0)
+    stderr = tmp_path / "worker.stderr"
+    with (
+        stderr.open("w") as err,
+        process(fleet_command("worker", "light"), env, stderr=err, stop_s=60) as worker,
+    ):
+        await healthy(env, "db")
         async with await FleetClient.connect(settings) as client:
             job = await client.write_variant_flags(404, medium=1, large=1)  # no such image: dead letter
             with pytest.raises(JobFailedError):
                 await job.result(timeout=30, poll_delay=0.05)
-    finally:
-        worker.terminate()
-        _, log = worker.communicate(timeout=60)
+    log = stderr.read_text()
     assert worker.returncode == 0, log
     assert "job_dead_lettered" in log and "UnknownImage" in log
     assert "Traceback" not in log
     assert "SIGUSR1" not in log
 
 
-def test_two_workers_on_one_metrics_port_fail_loudly(tmp_path: Path, settings: Settings) -> None:
+async def test_two_workers_on_one_metrics_port_fail_loudly(tmp_path: Path, settings: Settings) -> None:
     port = str(free_port())
     env = bare_env(
         STORAGE_PATH=str(tmp_path), REDIS_URL=settings.redis_url or "", NAMESPACE=settings.namespace,
         METRICS_PORT=port, RUNTIME_DIR=str(tmp_path / "runtime"), DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/b.db",
     )  # fmt: skip
-    first = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "db"], env=env)
-    try:
-        until(lambda: fleet(env, "health", "--queue", "db"), lambda r: r.returncode == 0)
+    with process(fleet_command("worker", "db"), env, stop_s=60):
+        await healthy(env, "db")
         second = fleet(env, "worker", "iqdb")
         assert second.returncode != 0  # not a worker running on, silently unscraped
         assert f"METRICS_PORT={port} cannot be served" in second.stderr
-    finally:
-        first.terminate()
-        first.wait(timeout=60)
 
 
 async def test_images_dead_lettered_inside_a_bulk_batch_are_counted(settings: Settings) -> None:
@@ -216,7 +210,7 @@ async def test_images_dead_lettered_inside_a_bulk_batch_are_counted(settings: Se
     from fleet.registry import RENDER_BATCH, RenderBatch
     from imgworker.worker import worker_settings
     from tests import images
-    from tests.conftest import running_worker
+    from tests.support import running_worker
 
     good = images.jpeg(settings.storage_path, "good.jpg", 300, 200)
     (settings.storage_path / "fullsize" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
@@ -264,40 +258,34 @@ async def test_the_readme_example_api_commands_work_as_written(tmp_path: Path) -
 
     assert subprocess.run(shell(commands[0]), shell=True, cwd=tmp_path, env=env).returncode == 0
 
-    def start(command: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, shell=True, cwd=tmp_path, env=env, start_new_session=True)
+    def start(command: str) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+        """The shell runs it in a session of its own: stopped with all it started."""
+        return process(shell(command), env, shell=True, cwd=tmp_path, start_new_session=True, stop_s=60)
 
-    worker = start(shell(commands[1]).rstrip("& "))
-    api = None
-    try:
-        until(lambda: fleet({**env, "STORAGE_PATH": str(tmp_path / "storage")}, "health", "--queue", "img"),
-              lambda r: r.returncode == 0)  # fmt: skip
-        api = start(shell(commands[2]) + f" --port {port}")
-        images.jpeg(tmp_path, "photo.jpg", 900, 600)
-        photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient(timeout=30) as http:
-            while True:  # as `curl -H 'Authorization: Bearer secret' -F file=@photo.jpg …/images`
-                try:
-                    answer = await http.post(
-                        f"http://127.0.0.1:{port}/images",
-                        headers={"Authorization": "Bearer secret"},
-                        files={"file": ("photo.jpg", photo, "image/jpeg")},
-                    )
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline and api.poll() is None
-                    time.sleep(0.2)
-        assert answer.status_code == 201, answer.text
-        thumb = tmp_path / "storage" / "thumbs" / f"{answer.json()['filename']}.webp"
-        while not thumb.exists():  # rendered by the worker the README started
-            assert time.monotonic() < deadline + 60, "no thumbnail"
-            time.sleep(0.1)
-    finally:
-        for process in (api, worker):
-            if process is not None:  # the shell and what it started
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=60)
+    with start(commands[1].rstrip("& ")):
+        await healthy({**env, "STORAGE_PATH": str(tmp_path / "storage")}, "img")
+        with start(commands[2] + f" --port {port}") as api:
+            images.jpeg(tmp_path, "photo.jpg", 900, 600)
+            photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
+            async with httpx.AsyncClient(timeout=30) as http:
+
+                async def upload() -> httpx.Response | None:
+                    """As `curl -H 'Authorization: Bearer secret' -F file=@photo.jpg …/images`."""
+                    assert api.poll() is None, "the API exited"
+                    try:
+                        return await http.post(
+                            f"http://127.0.0.1:{port}/images",
+                            headers={"Authorization": "Bearer secret"},
+                            files={"file": ("photo.jpg", photo, "image/jpeg")},
+                        )
+                    except httpx.TransportError:
+                        return None
+
+                answer = await wait_for(upload, every=0.2, what="the API to answer")
+            assert answer.status_code == 201, answer.text
+            thumb = tmp_path / "storage" / "thumbs" / f"{answer.json()['filename']}.webp"
+            # Rendered by the worker the README started.
+            await wait_for(thumb.exists, every=0.1, what="the upload's thumbnail")
 
 
 def test_fleet_render_never_overwrites_a_live_original_unless_asked(tmp_path: Path) -> None:
