@@ -29,11 +29,16 @@ def stop(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
     process acts on nothing else), then SIGKILL if it has not exited within ``timeout_s``.
 
     A process that leads its own process group (started with ``start_new_session``, like a
-    shell running a command line) is signalled with its whole group."""
+    shell running a command line) is signalled with its whole group, and what is left of the
+    group once it has exited is killed: a shell ends at SIGTERM without waiting for its children."""
+    try:
+        group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        group = False
 
     def send(signum: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(proc.pid) == proc.pid:
+            if group:
                 os.killpg(proc.pid, signum)
             else:
                 proc.send_signal(signum)
@@ -42,10 +47,13 @@ def stop(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
         send(signal.SIGCONT)
         send(signal.SIGTERM)
     try:
-        return proc.wait(timeout=timeout_s)
+        status = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         send(signal.SIGKILL)
-        return proc.wait()
+        status = proc.wait()
+    if group:
+        send(signal.SIGKILL)
+    return status
 
 
 @contextlib.contextmanager
