@@ -4,16 +4,13 @@ shown as text), and the Grafana dashboard's queries against the metrics fleet ex
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from fleet.settings import Settings
 from fleet.web import create_app
 from tests import images
 from tests.conftest import unavailable
+from tests.support import fleet_command, fleet_env, process, wait_for
 
 ROOT = Path(__file__).parent.parent
 TOKEN = "t0ken-for-the-test"
@@ -203,18 +201,13 @@ def browser() -> Any:
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
-@contextlib.contextmanager
-def web_process(settings: Settings) -> Iterator[str]:
+@contextlib.asynccontextmanager
+async def web_process(settings: Settings) -> AsyncIterator[str]:
     """``python -m fleet web`` in its own process; yields its URL once it answers."""
-    env = {**os.environ, **settings.as_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "fleet", "web"], env=env)
     url = f"http://127.0.0.1:{settings.web_port}/"
-    try:
-        until(lambda: _answers(url + "api/state"), "fleet web to answer")
+    with process(fleet_command("web"), fleet_env(settings)):
+        await wait_for(lambda: _answers(url + "api/state"), what="fleet web to answer")
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _answers(url: str) -> bool:
@@ -222,14 +215,6 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def until(done: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := done()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.1)
-    return result
 
 
 async def _dead_letter_of_a_missing_original(settings: Settings) -> str:
@@ -241,52 +226,60 @@ async def _dead_letter_of_a_missing_original(settings: Settings) -> str:
         return job.job_id
 
 
-def test_a_dead_letter_is_retried_from_the_page_and_the_job_finishes(settings: Settings) -> None:
+async def test_a_dead_letter_is_retried_from_the_page_and_the_job_finishes(settings: Settings) -> None:
     from selenium.webdriver.common.by import By
 
     settings = settings.replace(web_token=TOKEN, web_port=free_port(), health_interval_s=1.0)
     driver = browser()
-    with worker_process(["img"], settings), web_process(settings) as url:
-        job_id = asyncio.run(_dead_letter_of_a_missing_original(settings))
-        try:
-            driver.get(url)
-            row = f'tr[data-job-id="{job_id}"]'
-            until(lambda: driver.find_elements(By.CSS_SELECTOR, row), "dead letter on the page")
-            assert driver.find_elements(By.CSS_SELECTOR, "button.retry") == []  # no token given yet
-            assert "MissingOriginalError" in driver.find_element(By.CSS_SELECTOR, f"{row} td.reason").text
+    with worker_process(["img"], settings):
+        async with web_process(settings) as url:
+            job_id = await _dead_letter_of_a_missing_original(settings)
+            try:
+                driver.get(url)
+                row = f'tr[data-job-id="{job_id}"]'
+                await wait_for(
+                    lambda: driver.find_elements(By.CSS_SELECTOR, row), what="the dead letter on the page"
+                )
+                assert driver.find_elements(By.CSS_SELECTOR, "button.retry") == []  # no token given yet
+                assert "MissingOriginalError" in driver.find_element(By.CSS_SELECTOR, f"{row} td.reason").text
 
-            # Redis text is shown as text: the script never ran, no element was made of it.
-            reason = driver.find_element(By.CSS_SELECTOR, 'tr[data-job-id="hostile"] td.reason').text
-            assert reason == f"MissingOriginalError: {HOSTILE}"
-            payload = driver.find_element(By.CSS_SELECTOR, 'tr[data-job-id="hostile"] td.payload').text
-            assert "<img src=x onerror=window.pwned=2>" in payload
-            assert driver.execute_script("return window.pwned") is None
-            assert (
-                driver.find_elements(By.ID, "bold") == []
-                and driver.find_elements(By.CSS_SELECTOR, "td img") == []
-            )
+                # Redis text is shown as text: the script never ran, no element was made of it.
+                reason = driver.find_element(By.CSS_SELECTOR, 'tr[data-job-id="hostile"] td.reason').text
+                assert reason == f"MissingOriginalError: {HOSTILE}"
+                payload = driver.find_element(By.CSS_SELECTOR, 'tr[data-job-id="hostile"] td.payload').text
+                assert "<img src=x onerror=window.pwned=2>" in payload
+                assert driver.execute_script("return window.pwned") is None
+                assert (
+                    driver.find_elements(By.ID, "bold") == []
+                    and driver.find_elements(By.CSS_SELECTOR, "td img") == []
+                )
 
-            driver.find_element(By.ID, "token").send_keys(TOKEN)
-            driver.find_element(By.ID, "token-use").click()
-            button = until(
-                lambda: driver.find_elements(By.CSS_SELECTOR, f"{row} button.retry"), "retry button"
-            )
-            images.jpeg(settings.storage_path, "late-upload.jpg", 640, 480)  # the cause is fixed
-            button[0].click()
+                driver.find_element(By.ID, "token").send_keys(TOKEN)
+                driver.find_element(By.ID, "token-use").click()
+                button = await wait_for(
+                    lambda: driver.find_elements(By.CSS_SELECTOR, f"{row} button.retry"),
+                    what="the retry button",
+                )
+                images.jpeg(settings.storage_path, "late-upload.jpg", 640, 480)  # the cause is fixed
+                button[0].click()
 
-            until(lambda: not driver.find_elements(By.CSS_SELECTOR, row), "letter gone from the page")
-            assert "queued again: 1" in driver.find_element(By.ID, "said").text
-            thumbs = settings.storage_path / "thumbs"
-            until(lambda: list(thumbs.glob("late-upload.*")), "thumbnail of the retried job")
-            until(lambda: "img: 1 dead letter(s)" in driver.find_element(By.ID, "dead").text, "count updated")
-            live = "#replicas tr:not(.stale) td"
-            until(
-                lambda: any(c.text == "live" for c in driver.find_elements(By.CSS_SELECTOR, live)), "replica"
-            )
-            shot = screenshot_path()
-            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-        finally:
-            driver.quit()
+                await wait_for(lambda: not driver.find_elements(By.CSS_SELECTOR, row), what="the letter gone")
+                assert "queued again: 1" in driver.find_element(By.ID, "said").text
+                thumbs = settings.storage_path / "thumbs"
+                await wait_for(lambda: list(thumbs.glob("late-upload.*")), what="the retried job's thumbnail")
+                dead = lambda: driver.find_element(By.ID, "dead").text  # noqa: E731
+                await wait_for(
+                    dead, until=lambda text: "img: 1 dead letter(s)" in text, what="the count updated"
+                )
+                live = "#replicas tr:not(.stale) td"
+                await wait_for(
+                    lambda: any(c.text == "live" for c in driver.find_elements(By.CSS_SELECTOR, live)),
+                    what="a live replica on the page",
+                )
+                shot = screenshot_path()
+                assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            finally:
+                driver.quit()
 
 
 def screenshot_path() -> Path:
