@@ -4,8 +4,8 @@ compose command run outside Docker against the test services."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import functools
 import os
 import re
 import shlex
@@ -22,6 +22,7 @@ from fleet.client import FleetClient
 from fleet.processes import wait_healthy
 from fleet.registry import Queue
 from fleet.settings import BOARD_NAMES, Settings, env_names
+from tests.support import process, sqlite_board, wait_for
 
 ROOT = Path(__file__).parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -281,21 +282,16 @@ async def test_compose_commands_run_outside_docker(
     """Each fleet service's command and healthcheck, with its compose environment (and, when
     attached, the example board .env as its env_file) pointed at the test services instead
     of the compose network."""
-    from fleet import db
-
     local = {
         "ARQ_REDIS_URL": settings.redis_url or "",
         "REDIS_URL": settings.redis_url or "",
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}",
+        "DATABASE_URL": await sqlite_board(tmp_path),
         "STORAGE_PATH": str(settings.storage_path),
         "NAMESPACE": settings.namespace,
         "METRICS_PORT": "0",
         "IMG_POOL_SIZE": "1",
         "HEALTH_INTERVAL_S": "1",
     }
-    engine = db.create_engine(Settings(database_url=local["DATABASE_URL"]))
-    await db.create_schema(engine)
-    await engine.dispose()
     board_env = env_example("board.env.example") if variant == "attach" else {}
     for service, queue in (("img-worker", Queue.IMG), ("rating-worker", Queue.DB)):
         env = {**os.environ, **board_env, **environment(variant, service), **local}
@@ -303,19 +299,14 @@ async def test_compose_commands_run_outside_docker(
         for name in ("IQDB_URL", "IQDB_HOST", "IQDB_PORT"):  # no IQDB server here: indexing off
             env.pop(name, None)
         spec = service_spec(variant, service)
-        proc = subprocess.Popen([sys.executable, "-m", *spec["command"]], env=env)
-        try:
+        with process([sys.executable, "-m", *spec["command"]], env, stop_s=60) as proc:
             await wait_healthy(client, queue)
-            health = spec["healthcheck"]["test"][1:]
-            deadline = asyncio.get_running_loop().time() + 20
-            while True:
-                checked = subprocess.run(
-                    [sys.executable, "-m", *health], env=env, capture_output=True, text=True
-                )
-                if checked.returncode == 0:
-                    break
-                assert asyncio.get_running_loop().time() < deadline, checked.stdout + checked.stderr
-                await asyncio.sleep(0.3)
-        finally:
-            proc.terminate()
-            assert proc.wait(60) == 0, shlex.join(spec["command"])
+            health = [sys.executable, "-m", *spec["healthcheck"]["test"][1:]]
+            await wait_for(
+                functools.partial(subprocess.run, health, env=env, capture_output=True, text=True),
+                until=lambda checked: checked.returncode == 0,
+                timeout=20,
+                every=0.3,
+                what=f"the {service} healthcheck to pass",
+            )
+        assert proc.returncode == 0, shlex.join(spec["command"])

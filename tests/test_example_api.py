@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,47 +20,38 @@ from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from ratingworker.worker import db_worker_settings
 from tests import images
-from tests.conftest import running_worker
+from tests.support import fleet_env, process, running_worker, sqlite_board, wait_for
 
 TOKEN = "example-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def serve(settings: Settings, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.as_env(), "EXAMPLE_API_TOKEN": TOKEN, **extra_env}
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "examples.board_api:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    return subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent)
+@contextlib.contextmanager
+def serve(settings: Settings, port: int, **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The example API under uvicorn in its own process, stopped on the way out."""
+    env = {**fleet_env(settings), "EXAMPLE_API_TOKEN": TOKEN, **extra_env}
+    command = [sys.executable, "-m", "uvicorn", "examples.board_api:app", "--host", "127.0.0.1"]
+    with process([*command, "--port", str(port)], env, cwd=Path(__file__).parent.parent) as api:
+        yield api
 
 
 async def up(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
     async with httpx.AsyncClient() as http:
-        while True:
+
+        async def answers() -> bool:
             assert proc.poll() is None, "uvicorn exited"
             try:
                 await http.get(f"{base}/docs")
-                return
             except httpx.TransportError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+                return False
+            return True
+
+        await wait_for(answers, timeout=30, every=0.1, what=f"the API at {base} to answer")
 
 
 @pytest.fixture
 async def api_settings(settings: Settings, tmp_path: Path) -> Settings:
-    settings = settings.replace(database_url=f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}")
-    engine = db.create_engine(settings)
-    await db.create_schema(engine)
-    await engine.dispose()
-    return settings
+    return settings.replace(database_url=await sqlite_board(tmp_path))
 
 
 async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_path: Path) -> None:
@@ -68,8 +60,7 @@ async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_
     base = f"http://127.0.0.1:{port}"
     images.jpeg(tmp_path, "photo.jpg", 1800, 1200)
     photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
-    api = serve(settings, port)
-    try:
+    with serve(settings, port) as api:
         await up(base, api)
         async with (
             running_worker(worker_settings(settings), db_worker_settings(settings)),
@@ -78,13 +69,12 @@ async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_
             created = await http.post(f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")})
             assert created.status_code == 201, created.text
             upload = created.json()
-            deadline = time.monotonic() + 60
-            while (status := (await http.get(f"{base}/jobs/{upload['job_id']}")).json())[
-                "status"
-            ] != "complete":
-                assert time.monotonic() < deadline, status
-                await asyncio.sleep(0.05)
-            assert status["result"]["ok"] is True
+
+            async def status() -> Any:
+                return (await http.get(f"{base}/jobs/{upload['job_id']}")).json()
+
+            done = await wait_for(status, until=lambda s: s["status"] == "complete", what="the upload job")
+            assert done["result"]["ok"] is True
             assert (settings.storage_path / "thumbs" / f"{upload['filename']}.webp").exists()
 
             voted = await http.post(
@@ -96,23 +86,17 @@ async def test_upload_vote_and_job_status_over_http(api_settings: Settings, tmp_
             )
             assert bad.status_code == 422
             engine = db.create_engine(settings)
-            deadline = time.monotonic() + 30
-            while True:
+
+            async def image() -> Any:
                 async with engine.connect() as conn:
-                    row = (
-                        await conn.execute(
-                            sa.select(db.images).where(db.images.c.image_id == upload["image_id"])
-                        )
-                    ).one()
-                if row.num_ratings == 1 and row.medium == 1:
-                    break
-                assert time.monotonic() < deadline, row
-                await asyncio.sleep(0.05)
+                    query = sa.select(db.images).where(db.images.c.image_id == upload["image_id"])
+                    return (await conn.execute(query)).one()
+
+            row = await wait_for(
+                image, until=lambda r: r.num_ratings == 1 and r.medium == 1, what="the vote and the flags"
+            )
             await engine.dispose()
             assert row.rating == 9.0 and row.large == 0  # 1800 px: medium READY, large NONE
-    finally:
-        api.terminate()
-        api.wait(30)
 
 
 async def test_the_api_starts_while_redis_is_down_answers_503_and_recovers(
@@ -124,8 +108,7 @@ async def test_the_api_starts_while_redis_is_down_answers_503_and_recovers(
     photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
     redis = EmbeddedRedis()  # its port is chosen; the server is not started yet
     settings = api_settings.replace(redis_url=redis.url)
-    api = serve(settings, port)
-    try:
+    with serve(settings, port) as api:
         await up(base, api)  # the API started although Redis is down
         async with httpx.AsyncClient(timeout=30, headers=AUTH) as http:
             refused = await http.post(f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")})
@@ -142,9 +125,6 @@ async def test_the_api_starts_while_redis_is_down_answers_503_and_recovers(
                     f"{base}/images", files={"file": ("photo.jpg", photo, "image/jpeg")}
                 )
                 assert accepted.status_code == 201, accepted.text
-    finally:
-        api.terminate()
-        api.wait(30)
 
 
 def high_water_kib(pid: int) -> int:
@@ -163,8 +143,7 @@ async def test_writes_need_the_token_uploads_are_capped_streamed_and_stored_read
     base = f"http://127.0.0.1:{port}"
     images.jpeg(tmp_path, "photo.jpg", 600, 400)
     photo = (tmp_path / "fullsize" / "photo.jpg").read_bytes()
-    api = serve(settings, port, MAX_IMAGE_SIZE=str(1 << 20))
-    try:
+    with serve(settings, port, MAX_IMAGE_SIZE=str(1 << 20)) as api:
         await up(base, api)
         async with httpx.AsyncClient(timeout=120) as http:
             files = {"file": ("photo.jpg", photo, "image/jpeg")}
@@ -197,9 +176,6 @@ async def test_writes_need_the_token_uploads_are_capped_streamed_and_stored_read
             count = sa.select(sa.func.count()).select_from(db.images)
             assert (await conn.execute(count)).scalar_one() == 1  # and no row
         await engine.dispose()
-    finally:
-        api.terminate()
-        api.wait(30)
 
 
 def current_umask() -> int:
