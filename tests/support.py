@@ -17,9 +17,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import pytest
 
 from fleet.client import FleetClient
 from fleet.processes import stop
@@ -215,7 +218,65 @@ class GatedStore(LocalStore):
         return super().original(filename, ext)
 
 
-# --- boards and runs ------------------------------------------------------------------------------
+# --- services and boards -------------------------------------------------------------------------
+
+REQUIRE_SERVICES = os.environ.get("FLEET_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose service is missing, saying why (fail it under FLEET_REQUIRE_SERVICES=1)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (FLEET_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+BOARD_SCHEMAS = {
+    "mariadb-seed": ("mysql_url", "mariadb_seed.sql"),
+    "mariadb": ("mysql_url", "mariadb_head.sql"),
+    "postgres": ("postgres_url", "postgres_head.sql"),
+}
+"""The board's real tables (tests/board_schema/, written from docs/board.md): the seed-era
+board on MariaDB, and today's on MariaDB and PostgreSQL."""
+
+
+@contextlib.asynccontextmanager
+async def board_database(request: pytest.FixtureRequest, kind: str) -> AsyncIterator[str]:
+    """A fresh database holding the board's tables of ``kind``, dropped afterwards."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    server_fixture, ddl = BOARD_SCHEMAS[kind]
+    server_url: str = request.getfixturevalue(server_fixture)
+    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    quote = "`" if server_fixture == "mysql_url" else '"'
+    server = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    async with server.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {quote}{name}{quote}"))
+    url = f"{server_url.rstrip('/')}/{name}"
+    engine = create_async_engine(url)
+    try:
+        statements = "\n".join(
+            line for line in (Path(__file__).parent / "board_schema" / ddl).read_text().splitlines()
+            if not line.startswith("--")
+        ).split(";")  # fmt: skip
+        async with engine.begin() as conn:
+            if server_fixture == "mysql_url":
+                mode = (await conn.execute(text("SELECT @@SESSION.sql_mode"))).scalar_one()
+                assert "STRICT_TRANS_TABLES" in mode, f"MariaDB is not in strict mode: {mode}"
+            for statement in statements:
+                if statement.strip():
+                    await conn.execute(text(statement))
+            await conn.execute(
+                text("INSERT INTO users (user_id, username) VALUES (:id, :name)"),
+                [{"id": i, "name": f"user{i}"} for i in range(1, 1101)],
+            )
+        await engine.dispose()
+        yield url
+    finally:
+        await engine.dispose()
+        async with server.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}"))
+        await server.dispose()
 
 
 async def sqlite_board(folder: Path) -> str:

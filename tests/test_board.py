@@ -4,50 +4,27 @@ IQDB server; the review cron run by the operator's command."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.iqdb_server import IqdbServer, fake_hash
 from fleet.board import AdminActionType, ImageStatus, ReviewOutcome, VariantStatus, utc_now
 from fleet.client import FleetClient
 from fleet.db import create_engine
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError
-from fleet.registry import Queue, queue_key
+from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings as img_worker_settings
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests import images as files
 from tests.board import add_images, add_review, add_votes, row, rows
-from tests.conftest import board_database, running_worker
-from tests.iqdb_server import IqdbServer, fake_hash
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def drained(client: FleetClient, *queues: Queue) -> bool:
-    """Every job of ``queues`` finished (arq keeps a job in its queue until it ends)."""
-    counts = [await client.redis.zcard(queue_key(client.settings.namespace, q)) for q in queues]
-    return not any(counts)
-
-
-def fleet_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.as_env()}
-    return subprocess.run([sys.executable, "-m", "fleet", *args], env=env, capture_output=True, text=True)
+from tests.support import board_database, drained, fleet_cli, running_worker, wait_for
 
 
 @pytest.fixture
@@ -82,7 +59,7 @@ async def test_a_day_on_todays_board(settings: Settings, today_database_url: str
                 posts = [r for r in iqdb.state.requests if r.method == "POST"]
                 return len(posts) == 2 and await drained(client, Queue.IQDB, Queue.DB)
 
-            await eventually(indexed)
+            await wait_for(indexed, what="both images indexed and the light queues drained")
             one, two = await row(board, "images", image_id=1), await row(board, "images", image_id=2)
             assert (one["medium"], one["large"]) == (VariantStatus.READY, VariantStatus.READY)
             assert (two["medium"], two["large"]) == (VariantStatus.NONE, VariantStatus.NONE)
@@ -104,7 +81,7 @@ async def test_a_day_on_todays_board(settings: Settings, today_database_url: str
         async with board.begin() as conn:
             await conn.execute(sa.text("UPDATE images SET status = -4 WHERE image_id = 1"))
         await add_review(board, 1, 1, utc_now() - timedelta(hours=1), [0, 0, 0], reason_category=3)
-        ran = fleet_command(settings, "cron", "close_expired_reviews")
+        ran = fleet_cli(settings, "cron", "close_expired_reviews")
         assert ran.returncode == 0, ran.stderr
         assert json.loads(ran.stdout.strip().splitlines()[-1]) == {
             "cron": "close_expired_reviews",
@@ -197,11 +174,7 @@ async def test_a_cron_run_the_database_refuses_is_a_dead_letter_and_the_worker_l
     async with await FleetClient.connect(settings) as client, running_worker(db_worker_settings(settings)):
         letters = DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s)
 
-        async def dead_lettered() -> bool:
-            return bool(await letters.list("db"))
-
-        await eventually(dead_lettered, timeout_s=30)
-        letter = (await letters.list("db"))[0]
+        [letter, *_] = await wait_for(lambda: letters.list("db"), timeout=30, what="the cron's dead letter")
         await add_images(board, 2)  # the worker still serves its queue
         job = await client.write_variant_flags(2, medium=0, large=0)
         await job.result(timeout=30, poll_delay=0.02)

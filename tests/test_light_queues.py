@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.iqdb_server import IqdbServer, fake_hash
 from fleet.client import FleetClient
 from fleet.db import image_reviews, images, probe_schema
 from fleet.errors import JobFailedError
@@ -21,15 +20,7 @@ from imgworker.worker import worker_settings as img_worker_settings
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests import images as files
 from tests.board import add_images, add_review, add_votes, row
-from tests.conftest import running_worker
-from tests.iqdb_server import IqdbServer, fake_hash
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from tests.support import running_worker, wait_for
 
 
 @pytest.fixture
@@ -59,7 +50,7 @@ async def test_upload_render_flags_and_iqdb_chain(light_settings: Settings, db: 
                     queue_key(settings.namespace, Queue.IQDB)
                 )
 
-            await eventually(indexed)  # both IQDB jobs have finished
+            await wait_for(indexed, what="both IQDB jobs finished")
             render_end = {
                 i: (await job.result_info()).finish_time.timestamp()
                 for i, job in zip((1, 2), jobs, strict=True)
@@ -173,7 +164,7 @@ async def test_a_burst_of_votes_coalesces_into_few_recalculations(
         async def drained() -> bool:
             return worker.jobs_complete == queued and not await client.redis.exists(pending)
 
-        await eventually(drained)
+        await wait_for(drained, what="every recalculation done")
         # The prior was cached by the first recalculation: check against the cached one.
         weight, prior_mean = json.loads(await client.redis.get(f"{light_settings.namespace}:rating:prior"))
     assert 1 <= queued <= 60, queued  # 1,000 votes, a few dozen recalculations at most
@@ -253,14 +244,17 @@ async def test_review_cron_runs_once_per_slot_across_replicas(
     await add_review(db, 1, 1, utc_now() - timedelta(hours=1), [1, 1, 1])
     replicas = [db_worker_settings(settings) for _ in range(3)]
     async with await FleetClient.connect(settings) as client:
+
+        async def slots() -> list[bytes]:
+            """The cron's slots that ran (one result each)."""
+            pattern = f"arq:result:{settings.namespace}:close_expired_reviews:*"
+            return [k async for k in client.redis.scan_iter(pattern)]
+
         async with running_worker(*replicas) as workers:
-            await asyncio.sleep(3.5)
+            await wait_for(slots, until=lambda ran: len(ran) >= 2, what="two slots of the cron")
         # Counted once all replicas have stopped, so no run is half-way through.
-        slots = [
-            k
-            async for k in client.redis.scan_iter(f"arq:result:{settings.namespace}:close_expired_reviews:*")
-        ]
+        ran = await slots()
         runs = sum(w.jobs_complete for w in workers)
-    assert len(slots) >= 2
-    assert runs == len(slots)  # each slot ran once, whichever replica took it
+    assert len(ran) >= 2
+    assert runs == len(ran)  # each slot ran once, whichever replica took it
     assert (await row(db, image_reviews, review_id=1))["status"] == 1  # closed by the first slot

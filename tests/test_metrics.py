@@ -14,8 +14,7 @@ from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.services import free_port
 from fleet.settings import Settings
-from tests.conftest import unavailable
-from tests.support import process, sqlite_board, wait_for
+from tests.support import process, sqlite_board, unavailable, wait_for
 
 
 async def test_prometheus_scrapes_the_true_ready_depth(

@@ -6,6 +6,7 @@ A private Redis per test where commands are counted, so no other test's traffic 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,15 +14,17 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
+from arq.jobs import Job
 
 from fleet import wake
 from fleet.client import FleetClient
 from fleet.errors import TransientError
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue, queue_key
+from fleet.registry import INDEX_IQDB, IqdbIndex, Queue, queue_key
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
-from fleet.worker import Context, build_worker, handles
-from tests.conftest import running_worker
+from fleet.worker import Context
+from tests import support
+from tests.support import running_worker, wait_for
 
 WINDOW_S = 5.0
 """Idle commands are counted over this window (a count, not a time)."""
@@ -49,18 +52,13 @@ async def fleet_client(quiet: Settings) -> AsyncIterator[FleetClient]:
 def iqdb_worker(settings: Settings, starts: list[float], fail_first: bool = False) -> dict[str, Any]:
     """An IQDB-queue worker recording when each index job starts."""
 
-    @handles(INDEX_IQDB)
     async def index(ctx: Context, payload: Any) -> int:
         starts.append(time.time())
         if fail_first and ctx["job_try"] == 1:
             raise TransientError("IQDB is restarting")
         return int(ctx["job_try"])
 
-    @handles(DELETE_FROM_IQDB)
-    async def delete(ctx: Context, payload: Any) -> None:
-        return None
-
-    return build_worker(Queue.IQDB, [index, delete], settings)
+    return support.iqdb_worker(settings, index)
 
 
 async def commands(redis: ArqRedis) -> int:
@@ -69,15 +67,19 @@ async def commands(redis: ArqRedis) -> int:
     return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",) and "client" not in k)
 
 
-async def wait_blocked(redis: ArqRedis, waiters: int = 1, deadline_s: float = 15.0) -> None:
-    """Until ``waiters`` connections sit in BLPOP: the workers are idle and waiting in Redis."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        clients = await redis.client_list()
-        if sum(c["cmd"] == "blpop" and "b" in c["flags"] for c in clients) >= waiters:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {waiters} worker(s) waiting in BLPOP within {deadline_s} s: {clients}")
+@contextlib.asynccontextmanager
+async def idle(redis: ArqRedis, *workers: dict[str, Any]) -> AsyncIterator[None]:
+    """``workers`` running in this loop, once each sits in BLPOP: idle, waiting in Redis."""
+    async with running_worker(*workers):
+        await wait_for(
+            redis.client_list,
+            until=lambda clients: (
+                sum(c["cmd"] == "blpop" and "b" in c["flags"] for c in clients) >= len(workers)
+            ),
+            timeout=15,
+            what=f"{len(workers)} worker(s) waiting in BLPOP",
+        )
+        yield
 
 
 async def test_an_idle_worker_sends_at_most_one_command_a_second(
@@ -96,12 +98,20 @@ async def test_an_idle_worker_sends_at_most_one_command_a_second(
 
 
 async def test_a_job_queued_to_an_idle_worker_starts(quiet: Settings, fleet_client: FleetClient) -> None:
-    starts: list[float] = []
-    async with running_worker(iqdb_worker(quiet, starts)):
-        await wait_blocked(fleet_client.redis)
+    async with idle(fleet_client.redis, iqdb_worker(quiet, [])):
         job = await fleet_client.index_iqdb(1, "a.jpg")
         # Far sooner than the fallback poll (IDLE_POLL_S=60): the token woke it.
         assert await job.result(timeout=20, poll_delay=0.05) == 1
+
+
+DUE_S = 1.5
+"""How long the deferred jobs are deferred."""
+
+
+async def ran_when_due(job: Job | None, starts: list[float], queued_at: float) -> None:
+    """The deferred ``job`` ran, and started no sooner than it was due."""
+    assert job is not None and await job.result(timeout=20, poll_delay=0.05) == 1
+    assert starts[0] >= queued_at + DUE_S
 
 
 async def test_a_deferred_job_queued_without_a_token_runs_when_due(
@@ -114,24 +124,20 @@ async def test_a_deferred_job_queued_without_a_token_runs_when_due(
         INDEX_IQDB.name,
         INDEX_IQDB.encode(IqdbIndex(1, "a.jpg")),
         _queue_name=queue_key(quiet.namespace, Queue.IQDB),
-        _defer_by=1.5,
+        _defer_by=DUE_S,
     )
-    assert job is not None
     async with running_worker(iqdb_worker(quiet, starts)):
-        assert await job.result(timeout=20, poll_delay=0.05) == 1
-    assert starts[0] >= queued_at + 1.5
+        await ran_when_due(job, starts, queued_at)
 
 
 async def test_a_deferred_job_queued_to_an_idle_worker_runs_when_due(
     quiet: Settings, fleet_client: FleetClient
 ) -> None:
     starts: list[float] = []
-    async with running_worker(iqdb_worker(quiet, starts)):
-        await wait_blocked(fleet_client.redis)
+    async with idle(fleet_client.redis, iqdb_worker(quiet, starts)):
         queued_at = time.time()
-        job = await fleet_client.enqueue(INDEX_IQDB, IqdbIndex(1, "a.jpg"), defer_s=1.5)
-        assert await job.result(timeout=20, poll_delay=0.05) == 1
-    assert starts[0] >= queued_at + 1.5
+        job = await fleet_client.enqueue(INDEX_IQDB, IqdbIndex(1, "a.jpg"), defer_s=DUE_S)
+        await ran_when_due(job, starts, queued_at)
 
 
 async def test_a_retry_with_backoff_comes_back_to_an_idle_worker(
@@ -146,9 +152,7 @@ async def test_a_retry_with_backoff_comes_back_to_an_idle_worker(
 
 
 async def test_two_idle_workers_both_wake_for_two_jobs(quiet: Settings, fleet_client: FleetClient) -> None:
-    starts: list[float] = []
-    async with running_worker(iqdb_worker(quiet, starts), iqdb_worker(quiet, starts)):
-        await wait_blocked(fleet_client.redis, waiters=2)
+    async with idle(fleet_client.redis, iqdb_worker(quiet, []), iqdb_worker(quiet, [])):
         jobs = [await fleet_client.index_iqdb(i, "a.jpg") for i in (1, 2)]
         assert [await j.result(timeout=20, poll_delay=0.05) for j in jobs] == [1, 1]
 

@@ -28,8 +28,7 @@ from fleet.services import free_port
 from fleet.settings import Settings
 from fleet.web import create_app
 from tests import images
-from tests.conftest import unavailable
-from tests.support import fleet_command, fleet_env, process, wait_for
+from tests.support import fleet_command, fleet_env, process, unavailable, wait_for
 
 ROOT = Path(__file__).parent.parent
 TOKEN = "t0ken-for-the-test"
