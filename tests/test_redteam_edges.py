@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from urllib.parse import quote
 import pytest
 
 import fleet.bulk
-from fleet import db
+from bench.iqdb_server import Answer, IqdbServer
 from fleet.bulk import BulkRun, Selection, WorkList, _pages, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
@@ -33,16 +32,7 @@ from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from ratingworker.iqdb import IqdbClient
 from tests import images
-from tests.conftest import running_worker
-from tests.iqdb_server import Answer, IqdbServer
-
-
-async def wait_until(condition: Any, timeout_s: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
+from tests.support import fleet_command, fleet_env, process, running_worker, sqlite_board, wait_for
 
 # --- 3: a bulk payload cannot make Redis allocate a bitmap as long as its id ---------------------
 
@@ -70,7 +60,7 @@ async def test_a_planted_render_batch_with_a_huge_id_costs_little_redis_and_run_
             async def hostile_ended() -> bool:
                 return (await hostile.status()).value == "complete"
 
-            await wait_until(hostile_ended, what="the huge id's job to end")
+            await wait_for(hostile_ended, what="the huge id's job to end")
             keys = [k.decode() async for k in client.redis.scan_iter(match="huge:rethumb:*")]
             used = {key: await client.redis.memory_usage(key) for key in keys}
             ttls = {key: await client.redis.ttl(key) for key in keys}
@@ -159,7 +149,7 @@ async def test_resuming_a_folder_run_after_the_folder_changed_is_refused(
     async def topped_up() -> bool:
         return int((await run.state()).get("fed", 0)) >= 8
 
-    await wait_until(topped_up, what="the feeder to queue up to its bound")
+    await wait_for(topped_up, what="the feeder to queue up to its bound")
     feeding.cancel()
     with pytest.raises(asyncio.CancelledError):
         await feeding
@@ -267,23 +257,10 @@ async def test_a_worker_serves_metrics_on_loopback_by_default(
     settings: Settings, client: FleetClient, tmp_path: Path
 ) -> None:
     port = free_port()
-    settings = settings.replace(
-        metrics_port=port, database_url=f"sqlite+aiosqlite:///{tmp_path / 'board.sqlite3'}"
-    )
-    engine = db.create_engine(settings)
-    await db.create_schema(engine)
-    await engine.dispose()
-    env = {**os.environ, **settings.as_env()}
+    settings = settings.replace(metrics_port=port, database_url=await sqlite_board(tmp_path))
+    env = fleet_env(settings)
     env.pop("METRICS_HOST")  # the default, as an operator who never heard of it has it
-    worker = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "db"], env=env)
-    try:
+    with process(fleet_command("worker", "db"), env):
         await wait_healthy(client, Queue.DB)
-
-        async def listening() -> bool:
-            return bool(listening_addresses(port))
-
-        await wait_until(listening, what="/metrics to listen")
+        await wait_for(lambda: listening_addresses(port), what="/metrics to listen")
         assert listening_addresses(port) == {"127.0.0.1"}
-    finally:
-        worker.terminate()
-        worker.wait(30)
