@@ -128,7 +128,7 @@ async def test_redis_stays_flat_while_feeding_100000_entries_with_no_worker(
             peak = 0
 
             async def idle_at_the_bound() -> bool:
-                """Five rounds since the bound was reached: each had the room to feed more."""
+                """Five of the feeder's rounds at its bound: time for it to feed past it, if it would."""
                 nonlocal peak
                 peak = max(peak, int((await client.redis.info("memory"))["used_memory"]) - before)
                 return sum(fed >= bound for fed in polls) >= 5
