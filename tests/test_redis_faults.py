@@ -28,7 +28,9 @@ async def test_workers_ride_out_a_redis_restart_and_finish_everything(storage: P
     data = tmp_path / "redis-data"
     data.mkdir()
     server = EmbeddedRedis(appendonly=True, workdir=data).start()
-    settings = Settings(redis_url=server.url, storage_path=storage, namespace="restart", img_pool_size=2)
+    settings = Settings(
+        redis_url=server.url, storage_path=storage, namespace="restart", img_pool_size=2, metrics_port=0
+    )
     names = [images.jpeg(storage, f"r{i}.jpg", 900, 700) for i in range(40)]
     try:
         with worker_process(["img"], settings) as worker:
@@ -58,7 +60,10 @@ async def test_workers_ride_out_a_redis_restart_and_finish_everything(storage: P
 async def test_password_protected_redis(storage: Path) -> None:
     with EmbeddedRedis(extra_args=["--requirepass", "s3cret"]) as server:
         settings = Settings(
-            redis_url=f"redis://:s3cret@127.0.0.1:{server.port}/0", storage_path=storage, namespace="auth"
+            redis_url=f"redis://:s3cret@127.0.0.1:{server.port}/0",
+            storage_path=storage,
+            namespace="auth",
+            metrics_port=0,  # not the default 9100: another suite on this host may hold it
         )
         images.jpeg(storage, "p.jpg", 600, 400)
         async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
@@ -116,7 +121,7 @@ async def test_tls_redis(storage: Path, tmp_path: Path) -> None:
     server, tls_port = _tls_redis(ca, *servers["right"])
     try:
         url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
-        settings = Settings(redis_url=url, storage_path=storage, namespace="tls")
+        settings = Settings(redis_url=url, storage_path=storage, namespace="tls", metrics_port=0)
         images.jpeg(storage, "t.jpg", 600, 400)
         async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
             job = await client.render_upload(1, "t", "jpg")
@@ -137,7 +142,7 @@ async def test_tls_refuses_a_certificate_for_another_name(storage: Path, tmp_pat
     server, tls_port = _tls_redis(ca, *servers["wrong"])
     try:
         url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
-        settings = Settings(redis_url=url, storage_path=storage, namespace="tls")
+        settings = Settings(redis_url=url, storage_path=storage, namespace="tls", metrics_port=0)
         with pytest.raises(EnqueueError, match="mismatch") as refused:
             await FleetClient.connect(settings)
         assert "certificate is not valid for '127.0.0.1'" in str(refused.value)
