@@ -26,14 +26,21 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db, serializer, wake
 from fleet.errors import FleetError, InvalidPayloadError
-from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch, queue_key
+from fleet.keys import (
+    bulk_done_key,
+    bulk_done_pattern,
+    bulk_run_key,
+    job_key,
+    queue_key,
+    render_settings_key,
+)
+from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch
 from fleet.settings import Settings
 
 OUTCOMES = ("rendered", "skipped", "failed")
@@ -92,7 +99,7 @@ def settings_differ(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
 
 async def settings_since(redis: ArqRedis, settings: Settings) -> float:
     """When the current render settings were first used (outputs older than this are stale)."""
-    key = f"{settings.namespace}:render-settings:{render_fingerprint(settings)}"
+    key = render_settings_key(settings.namespace, render_fingerprint(settings))
     await redis.set(key, time.time(), nx=True)
     return float(await redis.get(key))
 
@@ -108,13 +115,13 @@ class BulkRun:
         self.redis = redis
         self.run_id = run_id
         self.ttl_s = ttl_s or Settings().bulk_run_ttl_s
-        self.key = f"{namespace}:rethumb:{run_id}"
+        self.key = bulk_run_key(namespace, run_id)
 
     def done_key(self, image_id: int) -> str:
         """The bitmap block holding ``image_id``'s bit (its offset is the low BLOCK_BITS bits)."""
         if not 0 <= image_id <= MAX_IMAGE_ID:
             raise InvalidPayloadError(f"image id {image_id} is outside 0..{MAX_IMAGE_ID}")
-        return f"{self.key}:done:{image_id >> BLOCK_BITS}"
+        return bulk_done_key(self.key, image_id >> BLOCK_BITS)
 
     async def state(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.key)  # type: ignore[misc]  # redis-py types: sync|async
@@ -141,15 +148,15 @@ class BulkRun:
 
     async def record(self, image_id: int, outcome: str) -> bool:
         """Count ``outcome`` for ``image_id`` unless it already has one; True if counted."""
-        keys = (self.done_key(image_id), self.key)
-        counted = await self.redis.eval(_RECORD, 2, *keys, str(_offset(image_id)), outcome, str(self.ttl_s))  # type: ignore[misc]
+        block, offset = self.done_key(image_id), str(_offset(image_id))
+        counted = await self.redis.eval(_RECORD, 2, block, self.key, offset, outcome, str(self.ttl_s))  # type: ignore[misc]
         return bool(counted)
 
     async def reopen(self, image_id: int, outcome: str = "failed") -> bool:
         """Forget ``image_id``'s recorded ``outcome``, so a batch naming it renders it again
         (``fleet dead retry`` of a bulk image); True if it had one."""
-        keys = (self.done_key(image_id), self.key)
-        reopened = await self.redis.eval(_REOPEN, 2, *keys, str(_offset(image_id)), outcome)  # type: ignore[misc]
+        block, offset = self.done_key(image_id), str(_offset(image_id))
+        reopened = await self.redis.eval(_REOPEN, 2, block, self.key, offset, outcome)  # type: ignore[misc]
         return bool(reopened)
 
     async def processed(self) -> int:
@@ -158,7 +165,8 @@ class BulkRun:
 
     async def keys(self) -> list[str]:
         """Every key of this run (the hash and each bitmap block)."""
-        blocks = [k.decode() async for k in self.redis.scan_iter(match=f"{self.key}:done*", count=1000)]
+        pattern = bulk_done_pattern(self.key)
+        blocks = [k.decode() async for k in self.redis.scan_iter(match=pattern, count=1000)]
         return [self.key, *blocks]
 
     async def delete(self) -> None:
@@ -324,7 +332,7 @@ async def _enqueue_batches(
                 now,
                 serializer=serializer.serialize,
             )
-            pipe.psetex(job_key_prefix + job_id, settings.job_expiry_s * 1000, job)
+            pipe.psetex(job_key(job_id), settings.job_expiry_s * 1000, job)
             pipe.zadd(queue, {job_id: now})
         wake.push(pipe, queue, len(batches))
         pipe.hset(run.key, "cursor", str(batches[-1].image_ids[-1]))

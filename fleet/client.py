@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from fleet import coalesce, serializer, wake
 from fleet.connections import DEFAULT_REDIS_URL, lazy_pool, open_pool
 from fleet.errors import EnqueueError, FleetError, PayloadTooLargeError
+from fleet.keys import queue_key
 from fleet.logging import get_logger
 from fleet.registry import (
     DELETE_FROM_IQDB,
@@ -33,7 +34,6 @@ from fleet.registry import (
     P,
     RenderUpload,
     VariantFlags,
-    queue_key,
 )
 from fleet.services import with_redis_default
 from fleet.settings import Settings, get_settings, masked_url

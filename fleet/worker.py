@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, NoReturn, TypeGuard
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.cron import CronJob, cron
 from arq.worker import Function, Retry, Worker, func
 from redis import exceptions as redis_errors
@@ -40,8 +39,9 @@ from fleet.connections import worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobError, JobFailedError, PermanentError, RegistryError, TransientError
 from fleet.health import Heartbeat, Outage, ReplicaStats, count_finished
+from fleet.keys import cron_name, health_check_key, in_progress_key, job_key, queue_key
 from fleet.logging import get_logger
-from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
+from fleet.registry import JobSpec, P, Queue, jobs_of
 from fleet.settings import Settings
 
 log = get_logger("fleet.worker")
@@ -320,7 +320,7 @@ def fleet_cron(
     run_cron.__qualname__ = run_cron.__name__ = name
     return cron(
         run_cron,
-        name=f"{settings.namespace}:{name}",
+        name=cron_name(settings.namespace, name),
         unique=True,
         max_tries=MAX_JOB_TRY,
         keep_result=max(settings.keep_result_s, 2 * period_s),
@@ -403,7 +403,7 @@ class LockKeeper:
         job_id = ctx["job_id"]
         self.running.add(job_id)
         try:
-            await ctx["redis"].pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
+            await ctx["redis"].pexpire(in_progress_key(job_id), self.ttl_ms)
             yield
         finally:
             self.running.discard(job_id)
@@ -425,7 +425,7 @@ class LockKeeper:
                 try:
                     async with ctx["redis"].pipeline(transaction=False) as pipe:
                         for job_id in list(self.running):
-                            pipe.pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
+                            pipe.pexpire(in_progress_key(job_id), self.ttl_ms)
                         await pipe.execute()
                 except (RedisError, OSError) as exc:  # Redis away, however long: the next round tries again
                     outage.failed(exc)
@@ -487,7 +487,7 @@ def build_worker(
     return {
         "functions": functions,
         "queue_name": name,
-        "health_check_key": f"{name}:health-check",
+        "health_check_key": health_check_key(name),
         "redis_settings": worker_redis_settings(settings),
         "job_serializer": serializer.serialize,
         "job_deserializer": quarantining_deserializer(arity),
@@ -594,7 +594,7 @@ class FleetWorker(Worker):
         job whose key expired before it ran is dead-lettered, and one arq cannot start
         (whatever got past the envelope checks) is dead-lettered and taken off the queue."""
         try:
-            if not await self.pool.exists(job_key_prefix + job_id):
+            if not await self.pool.exists(job_key(job_id)):
                 await self._dead_letter_unrunnable(job_id, "JobExpired", _expired_message(score))
             await super().run_job(job_id, score)
         except (RedisError, OSError):
@@ -605,7 +605,7 @@ class FleetWorker(Worker):
             await self.finish_failed_job(job_id, None)
 
     async def _dead_letter_unrunnable(self, job_id: str, kind: str, message: str) -> None:
-        raw = await self.pool.get(job_key_prefix + job_id)
+        raw = await self.pool.get(job_key(job_id))
         args = [raw[:2000].decode(errors="replace")] if raw else []
         ctx = {**self.ctx, "job_id": job_id, "job_try": 1}
         await dead_letter(ctx, f"({kind})", args, kind, message)

@@ -9,6 +9,7 @@ from fleet.board import PUBLIC_STATUSES, R2Location
 from fleet.bulk import BulkRun, render_fingerprint
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
+from fleet.keys import render_lost_key
 from fleet.objects import bucket_pair
 from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
 from fleet.settings import Settings
@@ -30,7 +31,7 @@ async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
     message = f"{result.file}: {result.error}"
     if result.error_type in LOST:
         settings: Settings = ctx["settings"]
-        key = f"{settings.namespace}:render-lost:{result.file}"
+        key = render_lost_key(settings.namespace, result.file)
         async with ctx["redis"].pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, 86400)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.board import utc_now
 from fleet.db import BoardSchema
 from fleet.errors import PermanentError, TransientError
+from fleet.keys import rating_prior_key
 from fleet.objects import BucketConfig, buckets, first_line, missing_object, open_bucket, refusal
 from fleet.paths import UnsafePathError, stored_file, stored_key
 from fleet.registry import (
@@ -53,7 +54,7 @@ async def recalculate_rating(ctx: Context, payload: ImageRef) -> None:
 async def cached_prior(ctx: Context) -> database.Prior:
     """The global prior, computed at most once per RATING_PRIOR_TTL_S across all replicas."""
     settings: Settings = ctx["settings"]
-    key = f"{settings.namespace}:rating:prior"
+    key = rating_prior_key(settings.namespace)
     cached = await ctx["redis"].get(key)
     if cached is not None:
         weight, mean = json.loads(cached)

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fleet import db
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
-from fleet.registry import Queue, queue_key
+from fleet.keys import queue_key
+from fleet.registry import Queue
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 from imgworker.backend import Priority, ProcessPoolBackend

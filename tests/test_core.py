@@ -10,6 +10,7 @@ from arq.jobs import deserialize_job_raw, serialize_job
 
 from fleet import serializer
 from fleet.errors import InvalidPayloadError, JobFailedError, PermanentError, RegistryError
+from fleet.keys import queue_key
 from fleet.registry import ALL_JOBS, RENDER_UPLOAD, WORKERS, Queue, RenderUpload, jobs_of
 from fleet.settings import Settings
 from fleet.worker import build_worker
@@ -44,7 +45,7 @@ def test_every_job_is_registered_by_the_worker_serving_its_queue() -> None:
         for kwargs in made if isinstance(made, list) else [made]:
             served[kwargs["queue_name"]] = {f.name for f in kwargs["functions"]}
     for spec in ALL_JOBS:
-        assert spec.name in served[f"t:queue:{spec.queue.value}"], spec
+        assert spec.name in served[queue_key("t", spec.queue)], spec
 
 
 def test_a_worker_missing_a_job_of_its_queue_refuses_to_build() -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, JobFailedError
-from fleet.registry import Queue, queue_key
+from fleet.keys import health_check_key, queue_key
+from fleet.registry import Queue
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
@@ -81,7 +82,7 @@ async def test_worker_process_and_stock_arq_cli_health_check(settings: Settings,
 
     proc = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "img"], env=env)
     try:
-        key = f"{queue_key(settings.namespace, Queue.IMG)}:health-check"
+        key = health_check_key(queue_key(settings.namespace, Queue.IMG))
         deadline = time.monotonic() + 60
         while not await client.redis.exists(key):
             assert proc.poll() is None, "worker exited"

@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 
 from fleet.client import FleetClient
 from fleet.connections import redis_settings
-from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload, queue_key
+from fleet.keys import queue_key
+from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload
 from fleet.services import EmbeddedRedis, find_redis_server, free_port
 from fleet.settings import Settings, SettingsError, masked_url, parse_sentinel_url
 from imgworker.worker import worker_settings
