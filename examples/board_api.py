@@ -33,6 +33,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from fleet import db
+from fleet.board import Folder, VariantStatus
 from fleet.client import lifespan as fleet_lifespan
 from fleet.errors import EnqueueError, JobFailedError
 from fleet.services import with_sqlite_default
@@ -107,7 +108,11 @@ async def insert_row(engine: Any, ext: str) -> tuple[int, str]:
     """The image's row, and its stored name (derived names come from it only)."""
     async with engine.begin() as conn:
         image_id = (
-            await conn.execute(sa.insert(db.images).values(filename="", ext=ext, medium=2, large=2))
+            await conn.execute(
+                sa.insert(db.images).values(
+                    filename="", ext=ext, medium=VariantStatus.PENDING, large=VariantStatus.PENDING
+                )
+            )
         ).inserted_primary_key[0]
         filename = f"{date.today():%Y-%m-%d}-{image_id}"
         await conn.execute(
@@ -122,7 +127,7 @@ async def upload(request: Request, file: Annotated[UploadFile, File()]) -> dict[
     if ext not in ALLOWED:
         raise HTTPException(415, f"unsupported extension .{ext}")
     settings, engine, fleet = get_settings(), request.app.state.db, request.app.state.fleet
-    folder = settings.storage_path / "fullsize"
+    folder = settings.storage_path / Folder.ORIGINALS
     folder.mkdir(parents=True, exist_ok=True)
     staged = await stage(file, folder)
     try:

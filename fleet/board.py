@@ -115,6 +115,8 @@ class Folder(enum.StrEnum):
     THUMBS = "thumbs"
     MEDIUM = "medium"
     LARGE = "large"
+    IQDB = "iqdb"
+    """fleet's own, not the board's: the thumbnail's pixels as JPEG, for danbooru/iqdb."""
 
 
 def utc_now() -> datetime:

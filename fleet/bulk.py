@@ -31,6 +31,7 @@ from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db, serializer, wake
+from fleet.board import Folder
 from fleet.errors import FleetError, InvalidPayloadError
 from fleet.keys import (
     bulk_done_key,
@@ -41,6 +42,7 @@ from fleet.keys import (
     render_settings_key,
 )
 from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch
+from fleet.render_settings import settings_differ
 from fleet.settings import Settings
 
 OUTCOMES = ("rendered", "skipped", "failed")
@@ -70,36 +72,9 @@ return 0
 """
 
 
-def render_settings(settings: Settings) -> dict[str, Any]:
-    """What the outputs depend on, by setting name: a change of any of these makes every
-    output stale. Img workers beat it, so the feeder can name the settings that differ."""
-    return {
-        "THUMB_WIDTH": settings.thumb_width, "THUMB_HEIGHT": settings.thumb_height,
-        "THUMB_FORMAT": settings.thumb_format, "THUMB_QUALITY": settings.thumb_quality,
-        "THUMB_SHARPEN": settings.thumb_sharpen, "MEDIUM_EDGE": settings.medium_edge,
-        "LARGE_EDGE": settings.large_edge, "VARIANT_QUALITY": settings.variant_quality,
-        "IQDB_URL set": settings.iqdb_url is not None,
-    }  # fmt: skip
-
-
-def render_fingerprint(settings: Settings) -> str:
-    """A short hash of ``render_settings`` (the same tuple as before it had names, so existing
-    runs and settings times keep their keys)."""
-    return hashlib.sha1(repr(tuple(render_settings(settings).values())).encode()).hexdigest()[:12]
-
-
-def settings_differ(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
-    """The settings two render fingerprints differ in, as ``NAME=here (there)`` pairs."""
-    return ", ".join(
-        f"{name}={ours[name]} here ({theirs.get(name)} there)"
-        for name in ours
-        if theirs.get(name) != ours[name]
-    )
-
-
 async def settings_since(redis: ArqRedis, settings: Settings) -> float:
     """When the current render settings were first used (outputs older than this are stale)."""
-    key = render_settings_key(settings.namespace, render_fingerprint(settings))
+    key = render_settings_key(settings.namespace, settings.render.fingerprint())
     await redis.set(key, time.time(), nx=True)
     return float(await redis.get(key))
 
@@ -200,7 +175,7 @@ class Selection:
     def run_id(self, settings: Settings) -> str:
         described = json.dumps(
             {**asdict(self), "from_dir": str(self.from_dir) if self.from_dir else None,
-             "fingerprint": render_fingerprint(settings)},
+             "fingerprint": settings.render.fingerprint()},
             default=str, sort_keys=True,
         )  # fmt: skip
         return hashlib.sha1(described.encode()).hexdigest()[:12]
@@ -424,7 +399,7 @@ async def rethumb(
                 mode=options["mode"],
                 reindex=options["reindex"],
                 with_db=selection.from_dir is None,
-                fingerprint=render_fingerprint(settings),
+                fingerprint=settings.render.fingerprint(),
             )
             for items in (page[k : k + size] for k in range(0, len(page), size))
         ]
@@ -466,7 +441,7 @@ def _run_options(state: dict[str, str], selection: Selection) -> dict[str, Any]:
 def check_folder(settings: Settings, folder: Path) -> None:
     """Workers read originals from STORAGE_PATH/fullsize only: another folder would list its
     files, then fail every one of them as a missing original."""
-    root = settings.storage_path / "fullsize"
+    root = settings.storage_path / Folder.ORIGINALS
     if not folder.is_dir():
         raise FleetError(f"--from-dir {folder} is not a folder")
     if folder.resolve() != root.resolve():
@@ -495,7 +470,7 @@ class WorkerWatch:
         from fleet.health import beats, check
 
         live = (await check(self.redis, self.settings, Queue.IMG_BULK)).live
-        ours = render_settings(self.settings)
+        ours = self.settings.render.by_name()
         infos = await beats(self.redis, self.settings, Queue.IMG_BULK, live)
         other = {
             name: info["render"]

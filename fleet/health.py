@@ -184,9 +184,7 @@ class Heartbeat:
         """An img worker's render settings, beaten so that ``fleet rethumb`` can refuse to feed
         workers that render with others (and name the settings that differ)."""
         if queue in (Queue.IMG, Queue.IMG_BULK):
-            from fleet.bulk import render_settings
-
-            self.render = render_settings(settings)
+            self.render = settings.render.by_name()
 
     def start(self, redis: ArqRedis) -> None:
         self.replica = replica_id()  # the process that serves, whoever built the settings

@@ -186,7 +186,7 @@ class RenderBatch:
     """Whether ids are board ids (flags and IQDB follow) or folder positions."""
     attempt: int = 1
     fingerprint: str = ""
-    """The feeder's ``render_fingerprint``: a worker rendering with other settings refuses the
+    """The feeder's ``RenderSettings.fingerprint()``: a worker rendering with other settings refuses the
     batch for good instead of skipping its images as current ("": not checked)."""
 
 

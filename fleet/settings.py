@@ -22,6 +22,9 @@ from urllib.parse import unquote, urlsplit
 
 from fleet.cpus import usable_cpus
 from fleet.errors import FleetError
+from fleet.render_settings import DECODE_BUDGET_MB, FORMAT_OF_EXT, MAX_PIXELS, RenderSettings
+
+_RENDER = RenderSettings()
 
 
 class SettingsError(FleetError, ValueError):
@@ -58,16 +61,16 @@ class Settings:
     namespace: str = "fleet"
     """Prefix of every queue and key fleet writes, so several fleets (or test runs) share a Redis."""
 
-    # Rendering.
-    thumb_width: int = 500
-    thumb_height: int = 500
-    thumb_format: str = "webp"
-    thumb_quality: int = 75
-    thumb_sharpen: bool = True
-    medium_edge: int = 1280
-    large_edge: int = 2048
-    variant_quality: int = 90
-    max_pixels: int = 100_000_000
+    # Rendering: the fields of RenderSettings (``render``), with its defaults, and the limits.
+    thumb_width: int = _RENDER.thumb_width
+    thumb_height: int = _RENDER.thumb_height
+    thumb_format: str = _RENDER.thumb_format
+    thumb_quality: int = _RENDER.thumb_quality
+    thumb_sharpen: bool = _RENDER.thumb_sharpen
+    medium_edge: int = _RENDER.medium_edge
+    large_edge: int = _RENDER.large_edge
+    variant_quality: int = _RENDER.variant_quality
+    max_pixels: int = MAX_PIXELS
     """Originals with more pixels than this are refused before any decode."""
 
     # The img worker.
@@ -86,7 +89,7 @@ class Settings:
     render_memory_mb: int = 1536
     """Address-space limit of each render process (RLIMIT_AS); an allocation past it fails
     that image for good (TooMuchMemoryError). 0: no limit. A normal render maps ~220-420 MB."""
-    render_decode_budget_mb: int = 512
+    render_decode_budget_mb: int = DECODE_BUDGET_MB
     """Formats decoded whole at once (AVIF/HEIF, interlaced PNG, progressive JPEG, GIF) are
     refused from the header when their decode would need more memory than this. 0: no budget."""
 
@@ -221,6 +224,13 @@ class Settings:
         return env
 
     @property
+    def render(self) -> RenderSettings:
+        """The render settings: every field of RenderSettings is the setting of its name
+        (IQDB_URL set makes the IQDB JPEG)."""
+        same = {f.name: getattr(self, f.name) for f in fields(RenderSettings) if f.name != "iqdb"}
+        return RenderSettings(**same, iqdb=self.iqdb_url is not None)
+
+    @property
     def pool_size(self) -> int:
         return self.img_pool_size or usable_cpus()
 
@@ -277,7 +287,6 @@ def env_names() -> frozenset[str]:
 
 # --- checks -------------------------------------------------------------------------------------
 
-THUMB_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif", "avif": "avif"}
 _DATABASE_DRIVERS = {
     "sqlite+aiosqlite": None,
     "mysql+aiomysql": None,
@@ -434,7 +443,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "r2_private_bucket": lambda v: _bucket_name(v),
     "r2_endpoint": _url("http", "https"),
     "namespace": lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "letters, digits, '_', '.', '-'",
-    "thumb_format": lambda v: None if v in THUMB_FORMATS else "one of webp, jpeg (or jpg), png, gif, avif",
+    "thumb_format": lambda v: None if v in FORMAT_OF_EXT else "one of webp, jpeg (or jpg), png, gif, avif",
     "thumb_quality": _at_least(1, 100),
     "variant_quality": _at_least(1, 100),
     "max_tries": _at_least(1),
@@ -464,7 +473,7 @@ _POSITIVE = {
 def _check(name: str, value: Any) -> Any:
     """``value`` as the field keeps it (``jpg`` becomes ``jpeg``), or a :class:`SettingsError`."""
     if name == "thumb_format" and isinstance(value, str):
-        value = THUMB_FORMATS.get(value.lower(), value)
+        value = FORMAT_OF_EXT.get(value.lower(), value)
     problem: str | None = None
     if name in _CHECKS:
         problem = _CHECKS[name](value)

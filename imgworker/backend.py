@@ -359,7 +359,7 @@ class ProcessPoolBackend:
 def _lost(request: RenderRequest, error_type: str, message: str) -> RenderResult:
     return RenderResult(
         request.image_id,
-        f"fullsize/{request.filename}.{request.ext}",
+        request.file,
         ok=False,
         error=message,
         error_type=error_type,

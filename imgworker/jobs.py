@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fleet.board import PUBLIC_STATUSES, R2Location
-from fleet.bulk import BulkRun, render_fingerprint
+from fleet.board import PUBLIC_STATUSES, R2Location, VariantStatus
+from fleet.bulk import BulkRun
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
 from fleet.keys import render_lost_key
@@ -16,7 +16,7 @@ from fleet.settings import Settings
 from fleet.worker import Context, backoff_s, dead_letter, handles
 from imgworker.backend import LOST, Priority, RenderBackend
 from imgworker.config import render_options
-from imgworker.render import RenderRequest, RenderResult, VariantStatus
+from imgworker.render import RenderRequest, RenderResult
 
 
 async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
@@ -110,7 +110,7 @@ async def refuse_other_settings(
     """A batch fed for other render settings is refused for good, its images counted failed
     and the reason kept in the run: skipping them as "current" would report a run that
     changed nothing as finished."""
-    ours = render_fingerprint(settings)
+    ours = settings.render.fingerprint()
     if not payload.fingerprint or payload.fingerprint == ours:
         return
     reason = (

@@ -17,7 +17,7 @@ from fleet.errors import PermanentError, TransientError
 from fleet.services import free_port
 from fleet.settings import Settings
 from ratingworker import database
-from tests.board import add_images, add_review, add_votes, insert, row, rows
+from tests.board import PENDING_VARIANTS, add_images, add_review, add_votes, insert, row, rows
 
 
 def details_of(action: Any) -> dict[str, Any]:
@@ -50,7 +50,7 @@ async def test_the_schema_probe_names_what_a_board_lacks(
 
 
 async def test_variant_flags_are_written_and_unknown_images_refused(db: AsyncEngine) -> None:
-    await add_images(db, 1, medium=2, large=2)
+    await add_images(db, 1, **PENDING_VARIANTS)
     await database.write_variant_flags(db, 1, medium=1, large=0)
     got = await row(db, "images", image_id=1)
     assert (got["medium"], got["large"]) == (1, 0)

@@ -21,7 +21,7 @@ from fleet.settings import Settings
 from imgworker.worker import worker_settings as img_worker_settings
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests import images as files
-from tests.board import add_images, add_review, add_votes, row
+from tests.board import PENDING_VARIANTS, add_images, add_review, add_votes, row
 from tests.conftest import running_worker
 from tests.iqdb_server import IqdbServer, fake_hash
 
@@ -41,7 +41,7 @@ def light_settings(settings: Settings, database_url: str) -> Settings:
 async def test_upload_render_flags_and_iqdb_chain(light_settings: Settings, db: AsyncEngine) -> None:
     with IqdbServer() as iqdb:
         settings = light_settings.replace(iqdb_url=iqdb.url)
-        await add_images(db, 1, 2, medium=2, large=2)
+        await add_images(db, 1, 2, **PENDING_VARIANTS)
         big = files.jpeg(settings.storage_path, "2025-01-01-1.jpg", 2500, 1600)  # medium + large
         small = files.jpeg(settings.storage_path, "2025-01-01-2.png", 900, 600)  # thumb only
         workers = (

@@ -7,18 +7,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyvips
 
-from imgworker.render import RenderRequest, VariantStatus, default_options, render
+from fleet.board import VariantStatus
+from fleet.render_settings import MAX_PIXELS, RenderSettings
+from imgworker.render import RenderRequest, RenderResult, options_of, render
 from tests import images
 
-OPTIONS = default_options()
 
-
-def run(storage: Path, filename: str, ext: str, image_id: int = 1, **kw: object):  # type: ignore[no-untyped-def]
-    return render(storage, RenderRequest(image_id, filename, ext), default_options(**kw) if kw else OPTIONS)
+def run(
+    storage: Path, filename: str, ext: str, image_id: int = 1, max_pixels: int = MAX_PIXELS, **look: Any
+) -> RenderResult:
+    """Render with the default settings, or with ``look`` (RenderSettings fields) changed."""
+    options = options_of(RenderSettings(**look), max_pixels=max_pixels)
+    return render(storage, RenderRequest(image_id, filename, ext), options)
 
 
 def open_out(storage: Path, path: str | None) -> pyvips.Image:

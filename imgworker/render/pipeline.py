@@ -13,17 +13,11 @@ from pathlib import Path
 
 import pyvips
 
+from fleet.board import VariantStatus
 from fleet.paths import UnsafePathError
 from imgworker.render import steps, storage
 from imgworker.render.errors import RenderError, TooMuchMemoryError, UnsupportedImageError
-from imgworker.render.options import (
-    Output,
-    RenderOptions,
-    RenderRequest,
-    RenderResult,
-    Variant,
-    VariantStatus,
-)
+from imgworker.render.options import Output, RenderOptions, RenderRequest, RenderResult, Variant
 from imgworker.render.storage import Store, Where
 
 
@@ -33,7 +27,7 @@ def render(where: Where, request: RenderRequest, options: RenderOptions) -> Rend
     A medium or large that cannot be made fails alone: the thumbnail (and the IQDB JPEG) are
     still written, the result is not ``ok``, and its error names the variant."""
     started = time.perf_counter()
-    file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
+    file = request.file
     try:
         outputs = _render(storage.store_for(where, request.public), request, options)
     except _AlreadyCurrent as current:
