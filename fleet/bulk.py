@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -343,6 +344,28 @@ async def rethumb(
     state = await run.state()
     if dry_run:
         return Summary(run.run_id, total=await work.count(), dry_run=True)
+    if (finished := _finished_or_refused(work, run, state, resume, force)) is not None:
+        return finished
+    watch = WorkerWatch(redis, settings, wait_for_workers_s, warn)
+    await watch.refuse_other_settings()
+    resuming = bool(state) and not force
+    state = await _open(run, work, selection, state, force)
+    options = _run_options(state, selection)
+    report = _Report(run, watch, progress)
+    counts_at_start = await run.processed()
+    batch = functools.partial(_batch, run.run_id, selection, options, settings.render.fingerprint())
+    await _feed(redis, settings, run, work, int(state["cursor"]), batch, report, poll_s)
+    while (await report())[1] < int(state["total"]):
+        await asyncio.sleep(poll_s)
+    await report(final=True)
+    return await _close(run, report.started, counts_at_start, options, resuming)
+
+
+def _finished_or_refused(
+    work: WorkList, run: BulkRun, state: dict[str, str], resume: bool, force: bool
+) -> Summary | None:
+    """The summary of a run already finished; a FleetError for an interrupted one that is
+    neither resumed nor forced; None to go on."""
     if state and not force:
         _check_unchanged(work, run, state)
     if state.get("finished") == "1" and not force:
@@ -351,70 +374,37 @@ async def rethumb(
         raise FleetError(
             f"run {run.run_id} was interrupted: pass --resume to continue it, or --force to start over"
         )
-    watch = WorkerWatch(redis, settings, wait_for_workers_s, warn)
-    await watch.refuse_other_settings()
-    resuming = bool(state) and not force
-    if force or not state:
-        await run.delete()
-        total = await work.count()
-        fresh: dict[str, Any] = {
-            "total": total,
-            "cursor": 0,
-            "fed": 0,
-            "started_at": time.time(),
-            "finished": 0,
-            "mode": "all" if force else selection.mode,
-            "variants": ",".join(selection.variants),
-            "reindex": selection.reindex,
-        }
-        if (listing := work.fingerprint()) is not None:
-            fresh["listing"] = listing
-        await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
-        state = await run.state()
-    options = _run_options(state, selection)
-    started = time.monotonic()
-    total, cursor = int(state["total"]), int(state["cursor"])
-    counts_at_start = await run.processed()
+    return None
 
-    async def report(final: bool = False) -> tuple[int, int]:
-        """Show progress; returns (fed, processed) from one read of the run's state."""
-        current = await run.state()
-        counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
-        if progress is not None:
-            progress(counts, time.monotonic() - started, final)
-        if not final:
-            await watch.served(run.run_id)
-        return counts["fed"], sum(counts[o] for o in OUTCOMES)
 
-    size = settings.bulk_batch_size
-    pending: list[RenderBatch] = []  # read from the work list, not yet queued
-    async for page in _pages(work, cursor, size * PAGE_BATCHES):
-        pending += [
-            RenderBatch(
-                run_id=run.run_id,
-                image_ids=[i for i, _, _ in items],
-                filenames=[f for _, f, _ in items],
-                exts=[e for _, _, e in items],
-                variants=list(options["variants"]),
-                mode=options["mode"],
-                reindex=options["reindex"],
-                with_db=selection.from_dir is None,
-                fingerprint=settings.render.fingerprint(),
-            )
-            for items in (page[k : k + size] for k in range(0, len(page), size))
-        ]
-        while pending:
-            fed, processed = await report()
-            room = settings.bulk_max_queued - (fed - processed)
-            if room <= 0:
-                await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
-                continue
-            fits = max(1, min(len(pending), room // size))  # at least one batch, then by room
-            await _enqueue_batches(redis, settings, run, pending[:fits])
-            pending = pending[fits:]
-    while (await report())[1] < total:
-        await asyncio.sleep(poll_s)
-    await report(final=True)
+async def _open(
+    run: BulkRun, work: WorkList, selection: Selection, state: dict[str, str], force: bool
+) -> dict[str, str]:
+    """The run's state: as it was when resumed, else written afresh (a new run, or --force)."""
+    if state and not force:
+        return state
+    await run.delete()
+    total = await work.count()
+    fresh: dict[str, Any] = {
+        "total": total,
+        "cursor": 0,
+        "fed": 0,
+        "started_at": time.time(),
+        "finished": 0,
+        "mode": "all" if force else selection.mode,
+        "variants": ",".join(selection.variants),
+        "reindex": selection.reindex,
+    }
+    if (listing := work.fingerprint()) is not None:
+        fresh["listing"] = listing
+    await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
+    return await run.state()
+
+
+async def _close(
+    run: BulkRun, started: float, counts_at_start: int, options: dict[str, Any], resuming: bool
+) -> Summary:
+    """Mark the run finished; its summary, with the rate of this call's part of it."""
     await run.save({"finished": 1, "finished_at": time.time()})
     summary = _summary(run.run_id, await run.state())
     summary.seconds = round(time.monotonic() - started, 3)
@@ -424,6 +414,68 @@ async def rethumb(
     if resuming:
         summary.extra["resumed"] = True  # with the options the run started with
     return summary
+
+
+class _Report:
+    """A run's progress while it is fed: shown, and a check that a worker still serves it."""
+
+    def __init__(self, run: BulkRun, watch: WorkerWatch, progress: Progress | None) -> None:
+        self.run, self.watch, self.progress = run, watch, progress
+        self.started = time.monotonic()
+
+    async def __call__(self, final: bool = False) -> tuple[int, int]:
+        """Show progress; returns (fed, processed) from one read of the run's state."""
+        current = await self.run.state()
+        counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
+        if self.progress is not None:
+            self.progress(counts, time.monotonic() - self.started, final)
+        if not final:
+            await self.watch.served(self.run.run_id)
+        return counts["fed"], sum(counts[o] for o in OUTCOMES)
+
+
+def _batch(
+    run_id: str, selection: Selection, options: dict[str, Any], fingerprint: str, items: list[Item]
+) -> RenderBatch:
+    """One job of the run: ``items`` with the options the run started with."""
+    return RenderBatch(
+        run_id=run_id,
+        image_ids=[i for i, _, _ in items],
+        filenames=[f for _, f, _ in items],
+        exts=[e for _, _, e in items],
+        variants=list(options["variants"]),
+        mode=options["mode"],
+        reindex=options["reindex"],
+        with_db=selection.from_dir is None,
+        fingerprint=fingerprint,
+    )
+
+
+async def _feed(
+    redis: ArqRedis,
+    settings: Settings,
+    run: BulkRun,
+    work: WorkList,
+    cursor: int,
+    batch: Callable[[list[Item]], RenderBatch],
+    report: _Report,
+    poll_s: float,
+) -> None:
+    """Queue the work list after ``cursor``, batch by batch, keeping at most BULK_MAX_QUEUED
+    images queued ahead of the workers."""
+    size = settings.bulk_batch_size
+    pending: list[RenderBatch] = []  # read from the work list, not yet queued
+    async for page in _pages(work, cursor, size * PAGE_BATCHES):
+        pending += [batch(page[k : k + size]) for k in range(0, len(page), size)]
+        while pending:
+            fed, processed = await report()
+            room = settings.bulk_max_queued - (fed - processed)
+            if room <= 0:
+                await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
+                continue
+            fits = max(1, min(len(pending), room // size))  # at least one batch, then by room
+            await _enqueue_batches(redis, settings, run, pending[:fits])
+            pending = pending[fits:]
 
 
 def _run_options(state: dict[str, str], selection: Selection) -> dict[str, Any]:
