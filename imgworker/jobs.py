@@ -143,55 +143,72 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     results = await backend.render_batch(
         [RenderRequest(*item) for item in todo], options=options, priority=Priority.BULK
     )
-
-    def gives_up(result: RenderResult) -> bool:
-        return (
-            result.permanent
-            or (result.error_type in LOST and payload.attempt >= 2)
-            or (payload.attempt >= settings.max_tries)
-        )
-
     counts = dict.fromkeys(("rendered", "skipped", "failed", "retried"), 0)
     again: list[tuple[int, str, str]] = []
     for item, result in zip(todo, results, strict=True):
-        image_id, filename, ext = item
-        # A failed medium leaves the thumbnail; a skip reports what is on disk, so its flags settle too.
-        if result.outputs and payload.with_db:
-            await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=gives_up(result))
-        if result.ok:
-            outcome = "skipped" if result.skipped else "rendered"
-        elif gives_up(result):
-            one = dataclasses.replace(
-                payload, image_ids=[image_id], filenames=[filename], exts=[ext], attempt=1
-            )
-            await dead_letter(
-                ctx,
-                RENDER_BATCH.name,
-                [RENDER_BATCH.encode(one)],
-                result.error_type or "RenderError",
-                f"{result.file}: {result.error}",
-                letter_id=f"{ctx['job_id']}-{image_id}",
-            )
-            outcome = "failed"
-        else:
+        outcome = await settle(ctx, payload, item, result)
+        if outcome is None:
             again.append(item)
             counts["retried"] += 1
-            continue
-        if await run.record(image_id, outcome):
+        elif await run.record(item[0], outcome):
             counts[outcome] += 1
     if again:
-        retry = dataclasses.replace(
-            payload,
-            image_ids=[i for i, _, _ in again],
-            filenames=[f for _, f, _ in again],
-            exts=[e for _, _, e in again],
-            attempt=payload.attempt + 1,
-            # Render them whatever is on disk: a medium that failed alone has no file, which
-            # the skip check would read as "not needed" next to a current thumbnail.
-            mode="all",
-        )
-        try:
-            await ctx["fleet"].enqueue(RENDER_BATCH, retry, defer_s=backoff_s(payload.attempt, settings))
-        except EnqueueError as exc:
-            raise TransientError(f"could not queue the retry of {len(again)} images: {exc}") from exc
+        await render_again(ctx, payload, again)
     return counts
+
+
+def gives_up(payload: RenderBatch, result: RenderResult, max_tries: int) -> bool:
+    """Whether an image's failure is its last: permanent, its process lost a second time, or
+    out of tries."""
+    return (
+        result.permanent
+        or (result.error_type in LOST and payload.attempt >= 2)
+        or (payload.attempt >= max_tries)
+    )
+
+
+async def settle(
+    ctx: Context, payload: RenderBatch, item: tuple[int, str, str], result: RenderResult
+) -> str | None:
+    """One image of a batch: the follow-ups of what it produced queued, then its outcome
+    (rendered, skipped, or failed once dead-lettered alone); None when it is to be rendered
+    again."""
+    settings: Settings = ctx["settings"]
+    image_id, filename, ext = item
+    last_try = gives_up(payload, result, settings.max_tries)
+    # A failed medium leaves the thumbnail; a skip reports what is on disk, so its flags settle too.
+    if result.outputs and payload.with_db:
+        await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=last_try)
+    if result.ok:
+        return "skipped" if result.skipped else "rendered"
+    if not last_try:
+        return None
+    one = dataclasses.replace(payload, image_ids=[image_id], filenames=[filename], exts=[ext], attempt=1)
+    await dead_letter(
+        ctx,
+        RENDER_BATCH.name,
+        [RENDER_BATCH.encode(one)],
+        result.error_type or "RenderError",
+        f"{result.file}: {result.error}",
+        letter_id=f"{ctx['job_id']}-{image_id}",
+    )
+    return "failed"
+
+
+async def render_again(ctx: Context, payload: RenderBatch, again: list[tuple[int, str, str]]) -> None:
+    """Queue the images that failed transiently as one smaller batch, after a backoff."""
+    settings: Settings = ctx["settings"]
+    retry = dataclasses.replace(
+        payload,
+        image_ids=[i for i, _, _ in again],
+        filenames=[f for _, f, _ in again],
+        exts=[e for _, _, e in again],
+        attempt=payload.attempt + 1,
+        # Render them whatever is on disk: a medium that failed alone has no file, which
+        # the skip check would read as "not needed" next to a current thumbnail.
+        mode="all",
+    )
+    try:
+        await ctx["fleet"].enqueue(RENDER_BATCH, retry, defer_s=backoff_s(payload.attempt, settings))
+    except EnqueueError as exc:
+        raise TransientError(f"could not queue the retry of {len(again)} images: {exc}") from exc
