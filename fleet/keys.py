@@ -58,65 +58,71 @@ def health_check_key(queue_name: str) -> str:
 
 
 # --- fleet's keys (under NAMESPACE) ------------------------------------------------------------
+# Each says its Redis type and how long it lives: nothing fleet writes grows without bound.
 
 
 def queue_key(namespace: str, queue: str) -> str:
-    """The sorted set arq uses for ``queue`` (a :class:`fleet.registry.Queue`) in ``namespace``."""
+    """A queue (a :class:`fleet.registry.Queue`): arq's sorted set of job ids by due time."""
     return f"{namespace}:queue:{queue}"
 
 
 def wake_key(queue_name: str) -> str:
-    """The wake list of arq's queue ``queue_name`` (beside its health-check key; fleet.wake)."""
+    """A list of wake tokens beside arq's queue ``queue_name``, capped at fleet.wake.TOKENS_KEPT."""
     return f"{queue_name}:wake"
 
 
 def cron_name(namespace: str, name: str) -> str:
-    """A cron job's arq name; arq builds its job ids (and so its result keys) from it."""
+    """A cron job's arq name, not a key: arq builds its job ids (so its result keys) from it."""
     return f"{namespace}:{name}"
 
 
 def pending_key(namespace: str, job_name: str, values: str) -> str:
-    """A coalesced job's slot: taken while one job with these payload ``values`` waits."""
+    """A coalesced job's slot, a string holding the job id while one job with these payload
+    ``values`` waits; it expires with the job (JOB_EXPIRY_S) if nothing frees it."""
     return f"{namespace}:pending:{job_name}:{values}"
 
 
 def replicas_key(namespace: str, queue: str) -> str:
-    """The sorted set of a queue's replicas, scored by their last heartbeat."""
+    """A sorted set of a queue's replicas scored by their last heartbeat; stale ones are
+    dropped after ten HEALTH_INTERVAL_S."""
     return f"{namespace}:replicas:{queue}"
 
 
 def replica_info_key(replicas: str) -> str:
-    """Beside a queue's ``replicas`` key: the hash of each replica's numbers, beaten with it."""
+    """Beside a queue's ``replicas`` key: a hash of each replica's numbers (JSON), beaten with it."""
     return f"{replicas}:info"
 
 
 def finished_key(namespace: str, queue: str, bucket: int) -> str:
-    """Jobs of ``queue`` finished in one time ``bucket`` (for the throughput `fleet health` shows)."""
+    """A counter of the jobs of ``queue`` finished in one time ``bucket``, expiring after two
+    minutes: the throughput `fleet health` shows."""
     return f"{namespace}:finished:{queue}:{bucket}"
 
 
 def dead_letter_key(namespace: str, job_id: str) -> str:
-    """One dead letter (JSON)."""
+    """One dead letter, a JSON string expiring after DEAD_LETTER_TTL_S."""
     return f"{namespace}:dead:{job_id}"
 
 
 def dead_index_key(namespace: str, queue: str) -> str:
-    """A queue's dead letters, scored by failure time."""
+    """A queue's dead letters: a sorted set of job ids by failure time, trimmed to
+    DEAD_LETTER_MAX, its entries past DEAD_LETTER_TTL_S forgotten."""
     return f"{namespace}:dead-index:{queue}"
 
 
 def dead_dropped_key(namespace: str, queue: str) -> str:
-    """How many of a queue's dead letters were dropped past DEAD_LETTER_MAX."""
+    """A counter of the queue's letters dropped past DEAD_LETTER_MAX (kept: it is a total)."""
     return f"{namespace}:dead-dropped:{queue}"
 
 
 def bulk_run_prefix(namespace: str) -> str:
-    """What every bulk run's keys start with (``fleet rethumb`` runs, listed by scanning it)."""
+    """What every bulk run's keys start with: `fleet web` lists the runs by scanning it."""
     return f"{namespace}:rethumb:"
 
 
 def bulk_run_key(namespace: str, run_id: str) -> str:
-    """A bulk run's hash: counters, cursor and the options it started with."""
+    """A bulk run: a hash of counters, cursor and the options it started with, expiring
+    BULK_RUN_TTL_S after the run's last activity, like its bitmap."""
     return bulk_run_prefix(namespace) + run_id
 
 
@@ -126,20 +132,22 @@ def bulk_done_key(run_key: str, block: int) -> str:
 
 
 def bulk_done_pattern(run_key: str) -> str:
-    """A SCAN pattern matching every block of a run's bitmap."""
+    """A SCAN pattern for every block of a run's bitmap."""
     return f"{run_key}:done*"
 
 
 def render_settings_key(namespace: str, fingerprint: str) -> str:
-    """When render settings with this fingerprint were first used (older outputs are stale)."""
+    """When render settings of this fingerprint were first used (epoch seconds; kept): outputs
+    older than that are stale."""
     return f"{namespace}:render-settings:{fingerprint}"
 
 
 def render_lost_key(namespace: str, file: str) -> str:
-    """How often renders of one original lost their process (the second loss blames the input)."""
+    """A counter of the renders of one original that lost their process, expiring after a day:
+    the second loss blames the input."""
     return f"{namespace}:render-lost:{file}"
 
 
 def rating_prior_key(namespace: str) -> str:
-    """The cached global rating prior (C, m)."""
+    """The global rating prior, JSON ``[C, m]``, expiring after RATING_PRIOR_TTL_S."""
     return f"{namespace}:rating:prior"
