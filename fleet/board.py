@@ -54,6 +54,7 @@ class ReviewStatus(enum.IntEnum):
 
     OPEN = 0
     CLOSED = 1
+    """Closed with its outcome and ``closed_at`` (and ``closed_by`` when a moderator closed it)."""
 
 
 class ReviewOutcome(enum.IntEnum):
@@ -70,7 +71,8 @@ class ReviewOutcome(enum.IntEnum):
 
 
 class ReviewVote(enum.IntEnum):
-    """``review_votes.vote``: the keep count is ``SUM(vote)``, so KEEP must stay 1."""
+    """``review_votes.vote``, 0 or 1 as the board's API takes it: the keep count is
+    ``SUM(vote)``, so KEEP must stay 1."""
 
     REMOVE = 0
     KEEP = 1
