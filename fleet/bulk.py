@@ -271,16 +271,22 @@ class WorkList:
 
 @dataclass
 class Summary:
+    """What ``fleet rethumb`` prints at the end (``--json``: one object, ``extra`` merged in
+    last). ``skipped`` images were already current (with --missing: present); ``failed`` ones
+    were dead-lettered one by one, each with its reason; ``seconds`` and ``images_per_s`` count
+    this call only, not a resumed run's earlier part."""
+
     run_id: str
     total: int = 0
     rendered: int = 0
     skipped: int = 0
     failed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The options the run started with, whether it was resumed, why a worker refused it."""
     seconds: float = 0.0
     images_per_s: float = 0.0
     already_finished: bool = False
     dry_run: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "extra"}
