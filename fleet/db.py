@@ -240,31 +240,31 @@ def classify_db_error(exc: BaseException) -> JobError:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     message = f"database: {first_line}"
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return TransientError(message, kind="DatabaseUnavailable")
+        return TransientError(message, error_type="DatabaseUnavailable")
     if isinstance(exc, sa.exc.TimeoutError | sa.exc.DisconnectionError | OSError | asyncio.TimeoutError):
-        return TransientError(message, kind="DatabaseUnavailable")
+        return TransientError(message, error_type="DatabaseUnavailable")
     orig = getattr(exc, "orig", None)
     mysql_code = _mysql_code(orig)
     pg_code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if mysql_code is not None:
         if mysql_code in _MYSQL_TRANSIENT:
-            return TransientError(message, kind="DatabaseUnavailable")
-        kind = "DatabaseSchemaError" if mysql_code in _MYSQL_SCHEMA else "DatabaseError"
-        return PermanentError(message, kind=kind)
+            return TransientError(message, error_type="DatabaseUnavailable")
+        error_type = "DatabaseSchemaError" if mysql_code in _MYSQL_SCHEMA else "DatabaseError"
+        return PermanentError(message, error_type=error_type)
     if isinstance(pg_code, str):
         if pg_code.startswith(_PG_TRANSIENT):
-            return TransientError(message, kind="DatabaseUnavailable")
-        kind = "DatabaseSchemaError" if pg_code in _PG_SCHEMA else "DatabaseError"
-        return PermanentError(message, kind=kind)
+            return TransientError(message, error_type="DatabaseUnavailable")
+        error_type = "DatabaseSchemaError" if pg_code in _PG_SCHEMA else "DatabaseError"
+        return PermanentError(message, error_type=error_type)
     if isinstance(exc, sa.exc.OperationalError):  # SQLite and unknown drivers: by the message
         text = first_line.lower()
         if any(marker in text for marker in _SQLITE_TRANSIENT):
-            return TransientError(message, kind="DatabaseUnavailable")
+            return TransientError(message, error_type="DatabaseUnavailable")
         if "no such column" in text or "no such table" in text:
-            return PermanentError(message, kind="DatabaseSchemaError")
+            return PermanentError(message, error_type="DatabaseSchemaError")
     if isinstance(exc, sa.exc.InterfaceError):
-        return TransientError(message, kind="DatabaseUnavailable")
-    return PermanentError(message, kind="DatabaseError")
+        return TransientError(message, error_type="DatabaseUnavailable")
+    return PermanentError(message, error_type="DatabaseError")
 
 
 def _mysql_code(orig: object) -> int | None:

@@ -334,8 +334,8 @@ async def test_classify_tells_redis_errors_that_can_succeed_later_from_those_tha
         "read-only replica": False,
     }
     assert {name: f.permanent for name, f in failures.items()} == expected, {
-        n: (f.kind, str(f)) for n, f in failures.items()
+        n: (f.error_type, str(f)) for n, f in failures.items()
     }
     assert classify(redis_errors.BusyLoadingError("LOADING")).permanent is False
     assert classify(ConnectionRefusedError()).permanent is False
-    assert classify(ValueError("bug")).kind == "UnexpectedValueError"
+    assert classify(ValueError("bug")).error_type == "UnexpectedValueError"
