@@ -26,10 +26,11 @@ from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobFailedError, PayloadTooLargeError
+from fleet.failures import classify
 from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue, queue_key
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
-from fleet.worker import Context, build_worker, classify, error_fields, handles, job_fields
+from fleet.worker import Context, build_worker, error_fields, handles, job_fields
 from imgworker.worker import worker_settings
 from tests import images
 from tests.conftest import running_worker
