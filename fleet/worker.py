@@ -1,6 +1,8 @@
-"""The queue layer both worker kinds are built from: registration, the failure model, locks.
+"""The queue layer both worker kinds are built from: registration, the failure model at work,
+locks, the typed job context.
 
-Every job ends one of three ways, decided here and nowhere else:
+Every job ends one of three ways, decided by the pure rule of :mod:`fleet.failures` and acted
+on here (``_adapt``: attempt, classify -> decide -> act, counted by ``metrics.JobCounts``):
 
 - done: the handler returned;
 - retried later: it raised :class:`TransientError` or ran past its timeout, with full-jitter
@@ -222,7 +224,7 @@ async def _attempt(run: Awaitable[Any], timeout_s: float | None = None) -> tuple
 async def _act(
     ctx: Context, job: str, args: list[Any], failure: JobError | None, outcome: Outcome
 ) -> BaseException | None:
-    """Log the outcome and write its dead letter; returns what arq must be raised (its
+    """Log the outcome and write its dead letter; returns the exception to raise to arq (its
     ``Retry``, or the failure it stores as the result), None when done."""
     fields = job_fields(ctx, job, args[0] if args else None)
     if isinstance(outcome, Done):
