@@ -28,7 +28,6 @@ from datetime import date
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from arq.jobs import Job
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field
 
@@ -173,7 +172,7 @@ async def rate(image_id: int, vote: Vote, request: Request) -> dict[str, Any]:
 @app.get("/jobs/{job_id}")
 async def job_status(job_id: str, request: Request) -> dict[str, Any]:
     fleet = request.app.state.fleet
-    job = Job(job_id, fleet.redis, _deserializer=fleet.redis.job_deserializer)
+    job = await fleet.job(job_id)
     status = (await job.status()).value
     answer: dict[str, Any] = {"job_id": job_id, "status": status}
     if status == "complete":

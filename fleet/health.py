@@ -46,7 +46,6 @@ def replica_id() -> str:
 class ReplicaStats:
     """What one replica did since it started; beaten into Redis with each heartbeat."""
 
-    started: int = 0
     succeeded: int = 0
     retried: int = 0
     dead_lettered: int = 0
@@ -214,7 +213,6 @@ class Heartbeat:
         info = {
             "replica": self.replica,
             "at": now,
-            "started": self.stats.started,
             "succeeded": self.stats.succeeded,
             "retried": self.stats.retried,
             "dead_lettered": self.stats.dead_lettered,

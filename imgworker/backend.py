@@ -22,14 +22,20 @@ import resource
 import struct
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, render
 from imgworker.render.storage import Where
 
-LOST = ("RenderProcessCrashed", "RenderTimeout")
-"""Error types of renders whose process died or was killed: the input may be to blame."""
+
+@dataclass(slots=True)
+class RenderLost(RenderResult):
+    """A render whose process died (``RenderProcessCrashed``) or was killed at its timeout
+    (``RenderTimeout``): the input may be to blame, so it is retried once, and dead-lettered
+    when the same original loses its process again. Made here, in the worker: it never
+    crosses the pipe."""
 
 
 class Priority(enum.IntEnum):
@@ -356,8 +362,8 @@ class ProcessPoolBackend:
         self._idle.clear()
 
 
-def _lost(request: RenderRequest, error_type: str, message: str) -> RenderResult:
-    return RenderResult(
+def _lost(request: RenderRequest, error_type: str, message: str) -> RenderLost:
+    return RenderLost(
         request.image_id,
         request.file,
         ok=False,

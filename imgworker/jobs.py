@@ -8,18 +8,28 @@ from typing import Any
 from fleet.board import PUBLIC_STATUSES, R2Location, VariantStatus
 from fleet.bulk import BulkRun
 from fleet.client import FleetClient
-from fleet.errors import EnqueueError, PermanentError, TransientError
+from fleet.errors import EnqueueError, InvalidPayloadError, PermanentError, TransientError
+from fleet.failures import backoff_s
 from fleet.keys import render_lost_key
 from fleet.objects import bucket_pair
 from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
 from fleet.settings import Settings
-from fleet.worker import Context, backoff_s, dead_letter, handles
-from imgworker.backend import LOST, Priority, RenderBackend
+from fleet.worker import Context, dead_letter, handles, job_try
+from imgworker.backend import Priority, RenderBackend, RenderLost
 from imgworker.config import render_options
 from imgworker.render import RenderRequest, RenderResult
 
 
-async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
+class ImgContext(Context, total=False):
+    """An img worker's ``ctx``: the render pool, shared by its two queues (``SharedPool``)."""
+
+    backend: RenderBackend
+    settings_since: float | None
+    """When the render settings last changed (``fleet.bulk.settings_since``): a skip check
+    counts outputs older than that as stale."""
+
+
+async def raise_for_failure(ctx: ImgContext, result: RenderResult) -> None:
     """A failed render becomes a job failure: permanent for bad input, transient otherwise.
     A medium or large that failed alone fails the job the same way (its message names the
     variant), after the follow-ups of what was produced are queued.
@@ -29,17 +39,18 @@ async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
     if result.ok:
         return
     message = f"{result.file}: {result.error}"
-    if result.error_type in LOST:
-        settings: Settings = ctx["settings"]
-        key = render_lost_key(settings.namespace, result.file)
+    if isinstance(result, RenderLost):
+        key = render_lost_key(ctx["settings"].namespace, result.file)
         async with ctx["redis"].pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, 86400)
             losses, _ = await pipe.execute()
         if losses >= 2:
-            raise PermanentError(f"{message} (the second time for this original)", kind=result.error_type)
+            raise PermanentError(
+                f"{message} (the second time for this original)", error_type=result.error_type
+            )
     error = PermanentError if result.permanent else TransientError
-    raise error(message, kind=result.error_type)
+    raise error(message, error_type=result.error_type)
 
 
 async def queue_follow_ups(
@@ -90,14 +101,13 @@ def r2_location(settings: Settings, public: bool) -> int | None:
 
 
 @handles(RENDER_UPLOAD)
-async def render_upload(ctx: Context, payload: RenderUpload) -> dict[str, Any]:
-    backend: RenderBackend = ctx["backend"]
-    settings: Settings = ctx["settings"]
+async def render_upload(ctx: ImgContext, payload: RenderUpload) -> dict[str, Any]:
+    settings = ctx["settings"]
     public = payload.status is None or payload.status in PUBLIC_STATUSES
     request = RenderRequest(payload.image_id, payload.filename, payload.ext, public)
-    [result] = await backend.render_batch([request])
+    [result] = await ctx["backend"].render_batch([request])
     if result.outputs:  # the thumbnail exists, even when a medium or large failed
-        last_try = result.permanent or int(ctx.get("job_try", 1)) >= settings.max_tries
+        last_try = result.permanent or job_try(ctx) >= settings.max_tries
         location = r2_location(settings, public) if result.ok else None
         await queue_follow_ups(ctx["fleet"], result, last_try=last_try, r2_location=location)
     await raise_for_failure(ctx, result)
@@ -120,27 +130,26 @@ async def refuse_other_settings(
     await run.note("refused", reason)
     for image_id in unfinished:
         await run.record(image_id, "failed")
-    raise PermanentError(reason, kind="RenderSettingsMismatch")
+    raise PermanentError(reason, error_type="RenderSettingsMismatch")
 
 
 @handles(RENDER_BATCH)
-async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
+async def render_batch(ctx: ImgContext, payload: RenderBatch) -> dict[str, int]:
     """Re-render a batch of a bulk run, below every upload in the pool's order.
 
     Each image's outcome is recorded once in the run (a batch that runs again after a worker
     crash skips what it finished); failures are per image: a permanent one is dead-lettered
     alone, transient ones go back as a smaller batch with backoff."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     items = list(zip(payload.image_ids, payload.filenames, payload.exts, strict=False))
     if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts):
-        raise PermanentError("image_ids, filenames and exts differ in length", kind="InvalidPayloadError")
+        raise InvalidPayloadError("image_ids, filenames and exts differ in length")
     run = BulkRun(ctx["redis"], settings.namespace, payload.run_id)
     unfinished = await run.unfinished([image_id for image_id, _, _ in items])
     await refuse_other_settings(run, payload, settings, sorted(unfinished))
     todo = [item for item in items if item[0] in unfinished]
     options = render_options(settings, payload.variants, payload.mode, ctx.get("settings_since"))
-    backend: RenderBackend = ctx["backend"]
-    results = await backend.render_batch(
+    results = await ctx["backend"].render_batch(
         [RenderRequest(*item) for item in todo], options=options, priority=Priority.BULK
     )
     counts = dict.fromkeys(("rendered", "skipped", "failed", "retried"), 0)
@@ -162,7 +171,7 @@ def gives_up(payload: RenderBatch, result: RenderResult, max_tries: int) -> bool
     out of tries."""
     return (
         result.permanent
-        or (result.error_type in LOST and payload.attempt >= 2)
+        or (isinstance(result, RenderLost) and payload.attempt >= 2)
         or (payload.attempt >= max_tries)
     )
 
@@ -173,7 +182,7 @@ async def settle(
     """One image of a batch: the follow-ups of what it produced queued, then its outcome
     (rendered, skipped, or failed once dead-lettered alone); None when it is to be rendered
     again."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     image_id, filename, ext = item
     last_try = gives_up(payload, result, settings.max_tries)
     # A failed medium leaves the thumbnail; a skip reports what is on disk, so its flags settle too.
@@ -197,7 +206,7 @@ async def settle(
 
 async def render_again(ctx: Context, payload: RenderBatch, again: list[tuple[int, str, str]]) -> None:
     """Queue the images that failed transiently as one smaller batch, after a backoff."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     retry = dataclasses.replace(
         payload,
         image_ids=[i for i, _, _ in again],

@@ -15,10 +15,11 @@ from fleet import metrics
 from fleet.bulk import settings_since
 from fleet.registry import Queue
 from fleet.settings import Settings, get_settings
-from fleet.worker import Context, build_worker
+from fleet.worker import Handler, build_worker
 from imgworker import jobs
 from imgworker.backend import ProcessPoolBackend
 from imgworker.config import render_options, render_storage
+from imgworker.jobs import ImgContext
 from imgworker.render.storage import remove_stale_temps
 
 
@@ -32,15 +33,15 @@ class SharedPool:
         self.users = 0
         self._starting = asyncio.Lock()
 
-    async def acquire(self, ctx: Context) -> None:
+    async def acquire(self, ctx: ImgContext) -> None:
         async with self._starting:  # the second worker waits until the pool is warm
-            await self._start()
+            backend = await self._start()
         self.users += 1
-        ctx["backend"] = self.backend
-        ctx["stats"].pool_size = self.backend.size if self.backend else None  # beaten with the heartbeat
+        ctx["backend"] = backend
+        ctx["stats"].pool_size = backend.size  # beaten with the heartbeat
         ctx["settings_since"] = await settings_since(ctx["redis"], self.settings)
 
-    async def _start(self) -> None:
+    async def _start(self) -> ProcessPoolBackend:
         settings = self.settings
         if self.backend is None:
             options = render_options(settings)
@@ -59,37 +60,44 @@ class SharedPool:
             await self.backend.warm_up()
             backend = self.backend
             metrics.track_pool(lambda: backend.size, lambda: backend.busy)
+        return self.backend
 
-    async def release(self, ctx: Context) -> None:
+    async def release(self, ctx: ImgContext) -> None:
         self.users -= 1
         if self.users == 0 and self.backend is not None:
             await self.backend.close()
             self.backend = None
 
 
-def upload_worker_settings(settings: Settings, pool: SharedPool) -> dict[str, Any]:
+def _over_pool(
+    queue: Queue,
+    job: Handler[Any, ImgContext],
+    settings: Settings,
+    pool: SharedPool,
+    max_jobs: int,
+    job_timeout_s: float,
+) -> dict[str, Any]:
+    """An img queue's worker, rendering through the shared pool."""
     return build_worker(
-        Queue.IMG,
-        [jobs.render_upload],
+        queue,
+        [job],
         settings,
         on_startup=pool.acquire,
         on_shutdown=pool.release,
-        # Twice the pool: while one job's result travels back, the next render is already running.
-        max_jobs=settings.img_concurrency,
-        job_timeout_s=settings.render_timeout_s + 30,
+        max_jobs=max_jobs,
+        job_timeout_s=job_timeout_s,
     )
+
+
+def upload_worker_settings(settings: Settings, pool: SharedPool) -> dict[str, Any]:
+    # Twice the pool: while one job's result travels back, the next render is already running.
+    max_jobs, timeout_s = settings.img_concurrency, settings.render_timeout_s + 30
+    return _over_pool(Queue.IMG, jobs.render_upload, settings, pool, max_jobs, timeout_s)
 
 
 def bulk_worker_settings(settings: Settings, pool: SharedPool) -> dict[str, Any]:
-    return build_worker(
-        Queue.IMG_BULK,
-        [jobs.render_batch],
-        settings,
-        on_startup=pool.acquire,
-        on_shutdown=pool.release,
-        max_jobs=settings.bulk_max_jobs,
-        job_timeout_s=settings.bulk_batch_size * (settings.render_timeout_s + 5),
-    )
+    max_jobs, timeout_s = settings.bulk_max_jobs, settings.bulk_batch_size * (settings.render_timeout_s + 5)
+    return _over_pool(Queue.IMG_BULK, jobs.render_batch, settings, pool, max_jobs, timeout_s)
 
 
 def worker_settings(settings: Settings) -> list[dict[str, Any]]:

@@ -90,7 +90,7 @@ def test_jobs_travel_as_json_not_pickle() -> None:
 
 def test_failures_travel_as_error_type_and_message() -> None:
     doc = serializer.deserialize(
-        serializer.serialize({"r": PermanentError("bad", kind="TooManyPixelsError")})
+        serializer.serialize({"r": PermanentError("bad", error_type="TooManyPixelsError")})
     )
     assert isinstance(doc["r"], JobFailedError)
     assert (doc["r"].error_type, doc["r"].message) == ("TooManyPixelsError", "bad")

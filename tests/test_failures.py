@@ -169,10 +169,7 @@ async def test_dead_letter_cli_lists_retries_with_fresh_tries_and_purges(
         retried = fleet_cli(settings, "dead", "retry", missing.job_id)
         assert retried.returncode == 0, retried.stderr
         new_id = retried.stdout.split()[-1]
-        from arq.jobs import Job
-
-        again = Job(new_id, client.redis, _queue_name=queue_key(settings.namespace, Queue.IMG))
-        again._deserializer = client.redis.job_deserializer
+        again = await client.job(new_id)
         assert (await again.result(timeout=30, poll_delay=0.02))["ok"] is True
         assert (await again.result_info()).job_try == 1  # a fresh try count
 

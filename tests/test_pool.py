@@ -15,7 +15,7 @@ from fleet.board import VariantStatus
 from fleet.cpus import usable_cpus
 from fleet.render_settings import RenderSettings
 from fleet.settings import Settings
-from imgworker.backend import ProcessPoolBackend
+from imgworker.backend import ProcessPoolBackend, RenderLost
 from imgworker.render import RenderRequest, RenderResult, Variant, options_of
 from tests import images
 
@@ -64,6 +64,7 @@ async def test_a_killed_render_process_fails_only_its_own_render(storage: Path) 
         [crashed] = await doomed
         [fine] = await survivor
         assert (crashed.ok, crashed.permanent, crashed.error_type) == (False, False, "RenderProcessCrashed")
+        assert isinstance(crashed, RenderLost)
         assert fine.ok, fine.error
         assert busy_pid not in backend.pids and len(backend.pids) == 2  # replaced
         [again] = await backend.render_batch([RenderRequest(1, *big)])
@@ -79,6 +80,7 @@ async def test_a_render_past_its_timeout_is_killed_not_abandoned(storage: Path) 
         [pid] = backend.pids
         [result] = await backend.render_batch([RenderRequest(1, *big_png(storage, "slow.png"))])
         assert (result.ok, result.permanent, result.error_type) == (False, False, "RenderTimeout")
+        assert isinstance(result, RenderLost)
         await asyncio.sleep(0.1)
         assert not alive(pid)
         assert backend.pids != [pid]

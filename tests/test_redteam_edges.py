@@ -32,7 +32,7 @@ from fleet.registry import RENDER_BATCH, Queue, RenderBatch
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
-from ratingworker.iqdb import IqdbClient
+from ratingworker.iqdb import IqdbClient, IqdbRejected
 from tests import images
 from tests.conftest import running_worker
 from tests.iqdb_server import Answer, IqdbServer
@@ -240,7 +240,7 @@ async def test_an_iqdb_redirect_is_an_error_and_not_followed() -> None:
         moved = Answer(302, b'{"hash": "iqdb_moved"}', headers={"Location": f"{iqdb.url}/elsewhere"})
         failed = await _add(iqdb, moved)
         assert [r.path for r in iqdb.state.requests] == ["/images/7"]  # nothing followed
-    assert isinstance(failed, PermanentError) and "302" in str(failed), failed
+    assert isinstance(failed, IqdbRejected) and failed.status == 302 and "302" in str(failed), failed
 
 
 @pytest.mark.parametrize("digest", ["h" * 5000, "iqdb_\x00\x1b[31m", ""])

@@ -25,11 +25,12 @@ from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobFailedError, PayloadTooLargeError
+from fleet.failures import classify
 from fleet.keys import dead_letter_key, in_progress_key, job_key, queue_key, replicas_key, result_key
 from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
-from fleet.worker import Context, build_worker, classify, error_fields, handles, job_fields
+from fleet.worker import Context, build_worker, error_fields, handles, job_fields
 from imgworker.worker import worker_settings
 from tests import images
 from tests.conftest import running_worker
@@ -334,8 +335,8 @@ async def test_classify_tells_redis_errors_that_can_succeed_later_from_those_tha
         "read-only replica": False,
     }
     assert {name: f.permanent for name, f in failures.items()} == expected, {
-        n: (f.kind, str(f)) for n, f in failures.items()
+        n: (f.error_type, str(f)) for n, f in failures.items()
     }
     assert classify(redis_errors.BusyLoadingError("LOADING")).permanent is False
     assert classify(ConnectionRefusedError()).permanent is False
-    assert classify(ValueError("bug")).kind == "UnexpectedValueError"
+    assert classify(ValueError("bug")).error_type == "UnexpectedValueError"

@@ -46,7 +46,6 @@ async def replicas(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]:
                     "live": name in checked.live,
                     "beat_age_s": round(now - float(info.get("at", now)), 1) if info else None,
                     "running": info.get("running"),
-                    "started": info.get("started"),
                     "succeeded": info.get("succeeded"),
                     "retried": info.get("retried"),
                     "dead_lettered": info.get("dead_lettered"),
