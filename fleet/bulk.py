@@ -71,14 +71,18 @@ def render_settings(settings: Settings) -> dict[str, Any]:
         "THUMB_FORMAT": settings.thumb_format, "THUMB_QUALITY": settings.thumb_quality,
         "THUMB_SHARPEN": settings.thumb_sharpen, "MEDIUM_EDGE": settings.medium_edge,
         "LARGE_EDGE": settings.large_edge, "VARIANT_QUALITY": settings.variant_quality,
-        "IQDB_URL set": settings.iqdb_url is not None,
+        "IQDB_URL set": settings.iqdb_url is not None, "THUMB_EFFORT": settings.thumb_effort,
     }  # fmt: skip
 
 
 def render_fingerprint(settings: Settings) -> str:
     """A short hash of ``render_settings`` (the same tuple as before it had names, so existing
-    runs and settings times keep their keys)."""
-    return hashlib.sha1(repr(tuple(render_settings(settings).values())).encode()).hexdigest()[:12]
+    runs and settings times keep their keys; THUMB_EFFORT joins it only when not the default 4,
+    so adding it did not make every output stale)."""
+    named = render_settings(settings)
+    if named["THUMB_EFFORT"] == Settings().thumb_effort:
+        del named["THUMB_EFFORT"]
+    return hashlib.sha1(repr(tuple(named.values())).encode()).hexdigest()[:12]
 
 
 def settings_differ(ours: dict[str, Any], theirs: dict[str, Any]) -> str:

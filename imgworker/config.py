@@ -23,6 +23,7 @@ def render_options(
         thumb_format=settings.thumb_format,
         thumb_quality=settings.thumb_quality,
         thumb_sharpen=settings.thumb_sharpen,
+        thumb_effort=settings.thumb_effort,
         medium_edge=settings.medium_edge,
         large_edge=settings.large_edge,
         variant_quality=settings.variant_quality,

@@ -30,6 +30,8 @@ class Variant:
     format: str | None = None
     """An output format (webp, jpeg, png, gif, avif), or None for the original's own format."""
     sharpen: bool = False
+    effort: int = 4
+    """WebP encode effort (0-6; libvips' default 4): only a WebP output reads it."""
     always: bool = False
     """Made for every original; otherwise only for originals larger than its box whose
     rendition is smaller in bytes than the original."""
@@ -80,6 +82,7 @@ def default_options(
     thumb_format: str = "webp",
     thumb_quality: int = 75,
     thumb_sharpen: bool = True,
+    thumb_effort: int = 4,
     medium_edge: int = 1280,
     large_edge: int = 2048,
     variant_quality: int = 90,
@@ -100,6 +103,7 @@ def default_options(
             thumb_quality,
             thumb_format,
             thumb_sharpen,
+            effort=thumb_effort,
             always=True,
         ),
     ]
