@@ -4,7 +4,7 @@ nothing here is imported at module level.
 
 Loading nvImageCodec prints "Failed to load nvjpeg2k/nvtiff library" lines: those are codecs
 (JPEG 2000, TIFF) fleet never asks it for, so their wheels are not installed. The lines are
-kept off stderr while the decoder and encoder are made (once, at start-up), and its own
+kept off stderr while it is imported and the decoder and encoder made (once, at start-up), and its own
 per-image logging is off (PYNVIMGCODEC_VERBOSITY=0): a failed image is reported by fleet.
 """
 
@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from fleet.objects import first_line
 
 CPU_MODE = "cpu"
 """GPU_DEVICE=cpu: the same code on nvImageCodec's CPU backends and numpy (tests only)."""
@@ -41,7 +43,8 @@ def _quiet_stderr() -> Iterator[None]:
 def _nvimgcodec() -> Any:
     os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
     try:
-        from nvidia import nvimgcodec
+        with _quiet_stderr():  # loading its extensions prints the missing JPEG 2000/TIFF libraries
+            from nvidia import nvimgcodec
     except ImportError as exc:
         raise GpuUnavailableError(
             f"nvImageCodec is not installed (install fleet with the gpu extra): {exc}"
@@ -72,7 +75,7 @@ class Codec:
             try:
                 count = cupy.cuda.runtime.getDeviceCount()
             except Exception as exc:  # noqa: BLE001 - CUDARuntimeError and friends: no driver, no device
-                raise GpuUnavailableError(f"no CUDA device: {_first_line(exc)}") from None
+                raise GpuUnavailableError(f"no CUDA device: {first_line(exc)}") from None
             if device >= count:
                 raise GpuUnavailableError(f"no CUDA device {device} (this machine has {count})")
             cupy.cuda.Device(device).use()
@@ -83,7 +86,7 @@ class Codec:
                 self.decoder = nv.Decoder(**where)
                 self.encoder = nv.Encoder(**where)
         except Exception as exc:  # noqa: BLE001 - the library raises RuntimeError subclasses of its own
-            message = f"nvImageCodec cannot start on {self.where}: {_first_line(exc)}"
+            message = f"nvImageCodec cannot start on {self.where}: {first_line(exc)}"
             raise GpuUnavailableError(message) from None
 
     @property
@@ -159,13 +162,8 @@ def probe(device: int | None) -> Codec:
     except GpuUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the driver or library raises on first use
-        message = f"nvImageCodec on {codec.where} failed a test JPEG: {_first_line(exc)}"
+        message = f"nvImageCodec on {codec.where} failed a test JPEG: {first_line(exc)}"
         raise GpuUnavailableError(message) from None
     if not encoded:
         raise GpuUnavailableError(f"nvImageCodec on {codec.where} could not encode a test JPEG")
     return codec
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

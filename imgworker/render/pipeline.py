@@ -39,9 +39,7 @@ def render(where: Where, request: RenderRequest, options: RenderOptions) -> Rend
     )
 
 
-def result_of(
-    request: RenderRequest, started: float, work: Callable[[], dict[str, Output]]
-) -> RenderResult:
+def result_of(request: RenderRequest, started: float, work: Callable[[], dict[str, Output]]) -> RenderResult:
     """The result of ``work`` (a render's outputs), its errors mapped to their class as every
     backend reports them; ``started`` is when the render began (perf_counter)."""
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
