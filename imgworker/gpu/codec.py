@@ -89,6 +89,11 @@ class Codec:
             message = f"nvImageCodec cannot start on {self.where}: {first_line(exc)}"
             raise GpuUnavailableError(message) from None
 
+    def bind(self) -> None:
+        """Make this codec's device current in the calling thread (CuPy's is per thread)."""
+        if self.device is not None:
+            self.xp.cuda.Device(self.device).use()
+
     @property
     def where(self) -> str:
         return "the CPU (GPU_DEVICE=cpu, test mode)" if self.device is None else f"CUDA device {self.device}"

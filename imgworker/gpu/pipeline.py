@@ -43,6 +43,8 @@ class ToCpu:
     """This original goes to the CPU pool (nothing of it was written): ``reason`` says why."""
 
     reason: str
+    failed: bool = False
+    """True when the GPU tried and failed (a fallback), False when routed away before."""
 
 
 Outcome = RenderResult | ToCpu
@@ -151,11 +153,11 @@ class GpuRenderer:
             try:
                 images = self.codec.decode([jobs[i].data for i in group], grey=grey)
             except Exception as exc:  # noqa: BLE001 - a batch the library refuses: each image to the CPU
-                failed.update({i: ToCpu(f"GPU decode failed: {first_line(exc)}") for i in group})
+                failed.update({i: ToCpu(f"GPU decode failed: {first_line(exc)}", failed=True) for i in group})
                 continue
             for i, image in zip(group, images, strict=True):
                 if image is None:
-                    failed[i] = ToCpu("the GPU decoder could not decode it")
+                    failed[i] = ToCpu("the GPU decoder could not decode it", failed=True)
                 else:
                     decoded[i] = image
         resized: dict[int, dict[str, Any]] = {}
@@ -163,7 +165,7 @@ class GpuRenderer:
             try:
                 resized[i] = self._cascade(jobs[i], image)
             except Exception as exc:  # noqa: BLE001 - out of GPU memory, a kernel error: this image to the CPU
-                failed[i] = ToCpu(f"GPU resize failed: {first_line(exc)}")
+                failed[i] = ToCpu(f"GPU resize failed: {first_line(exc)}", failed=True)
         decoded.clear()  # the full-size decodes are the batch's big allocations
         failed.update(self._encode(jobs, resized))
         return failed
@@ -215,11 +217,13 @@ class GpuRenderer:
             try:
                 streams = self.codec.encode_jpeg([image for _, _, image in items], quality)
             except Exception as exc:  # noqa: BLE001 - each image of this encode batch to the CPU
-                failed.update({i: ToCpu(f"GPU JPEG encode failed: {first_line(exc)}") for i, _, _ in items})
+                failed.update(
+                    {i: ToCpu(f"GPU JPEG encode failed: {first_line(exc)}", failed=True) for i, _, _ in items}
+                )
                 continue
             for (i, name, image), data in zip(items, streams, strict=True):
                 if data is None:
-                    failed[i] = ToCpu(f"the GPU encoder could not encode {name}")
+                    failed[i] = ToCpu(f"the GPU encoder could not encode {name}", failed=True)
                 else:
                     jobs[i].encoded[name] = (data, image.shape[1], image.shape[0])
         self.codec.synchronize()
@@ -239,7 +243,7 @@ class GpuRenderer:
                     pixels.shape[0],
                 )
         except pyvips.Error as exc:
-            return ToCpu(f"CPU encode of the GPU's pixels failed: {steps._vips_message(exc)}")
+            return ToCpu(f"CPU encode of the GPU's pixels failed: {steps._vips_message(exc)}", failed=True)
         return result_of(job.request, job.started, lambda: self._store(job))
 
     def _store(self, job: _Job) -> dict[str, Output]:
