@@ -28,7 +28,8 @@ def fit(width: int, height: int, box_width: int, box_height: int) -> tuple[int, 
     if width <= box_width and height <= box_height:
         return width, height
     shrink = max(width / box_width, height / box_height)
-    return max(1, round(width / shrink)), max(1, round(height / shrink))
+    # Halves round up, as libvips rounds (Python's round() would take 312.5 to 312, not 313).
+    return max(1, math.floor(width / shrink + 0.5)), max(1, math.floor(height / shrink + 0.5))
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
