@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pyvips
 
-from bench.gpu import psnr
+from bench.gpu import MIN_PSNR_DB, psnr
 from fleet.client import FleetClient
 from fleet.registry import Queue, queue_key
 from fleet.settings import Settings
@@ -35,7 +35,6 @@ from imgworker.gpu.codec import Codec, probe
 from imgworker.gpu.pipeline import GpuRenderer, ToCpu
 from imgworker.gpu.route import route
 
-MIN_PSNR_DB = 35.0
 OPTIONS = default_options(iqdb=True)  # thumb (WebP, sharpened), large, medium, IQDB JPEG
 
 

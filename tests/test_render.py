@@ -387,7 +387,9 @@ def test_thumb_effort_trades_webp_bytes_for_time_and_is_part_of_the_fingerprint(
     filename, ext = images.jpeg(storage, "effort.jpg", 1200, 900)
     sizes = {}
     for effort in (0, 6):
-        result = render(storage, RenderRequest(1, filename, ext), render_options(Settings(thumb_effort=effort)))
+        result = render(
+            storage, RenderRequest(1, filename, ext), render_options(Settings(thumb_effort=effort))
+        )
         assert result.ok and result.outputs["thumb"].width == 500
         sizes[effort] = result.outputs["thumb"].bytes
     assert sizes[6] < sizes[0]  # more effort, fewer bytes, same pixels' size
