@@ -183,7 +183,7 @@ async def gpu_bench(out: Path, device: str, mode: str) -> dict[str, Any]:
         shutil.copytree(gpu_root / "fullsize", cpu_root / "fullsize")
         cpu_s = await _pool_seconds(cpu_root, requests, options)
         cpu_rate = len(requests) / cpu_s
-        sweep = []
+        sweep: list[dict[str, Any]] = []
         for batch in SWEEP[mode]:
             seconds, counts = await _gpu_seconds(gpu_root, requests, options, codec, batch, threads)
             rate = len(requests) / seconds
@@ -211,7 +211,7 @@ async def gpu_bench(out: Path, device: str, mode: str) -> dict[str, Any]:
         "cpu_pool_per_core": {"renders_per_s": round(cpu_rate, 2), "processes": 1},
         "gpu_threads": threads,
         "gpu": sweep,
-        "best_vs_cpu_core": max(row["vs_cpu_core"] for row in sweep),
+        "best_vs_cpu_core": max(float(row["vs_cpu_core"]) for row in sweep),
         "psnr": quality,
     }
     out.mkdir(parents=True, exist_ok=True)
