@@ -108,16 +108,15 @@ SWEEP = {"quick": (1, 8, 24), "full": (1, 8, 32, 96)}
 """Batch sizes tried (GPU_BATCH_SIZE); the last is the whole corpus in one batch."""
 
 
-async def _pool_seconds(root: Path, requests: list[RenderRequest], options: RenderOptions) -> float:
-    """The corpus on a warm one-process pool: the CPU's renders per core."""
-    pool = ProcessPoolBackend(root, options, 1)
+async def _timed(backend: ProcessPoolBackend | GpuBackend, requests: list[RenderRequest]) -> float:
+    """Seconds for ``backend``, warm, to render ``requests`` as one bulk batch (then closed)."""
     try:
-        await pool.warm_up()
+        await backend.warm_up()
         started = time.perf_counter()
-        results = await pool.render_batch(requests, priority=Priority.BULK)
+        results = await backend.render_batch(requests, priority=Priority.BULK)
         seconds = time.perf_counter() - started
     finally:
-        await pool.close()
+        await backend.close()
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     return seconds
 
@@ -134,14 +133,7 @@ async def _gpu_seconds(
             batch_size=batch,
             batch_wait_s=0.002,
         )
-        try:
-            await backend.warm_up()
-            started = time.perf_counter()
-            results = await backend.render_batch(requests, priority=Priority.BULK)
-            seconds = time.perf_counter() - started
-        finally:
-            await backend.close()
-    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        seconds = await _timed(backend, requests)
     return seconds, dict(backend.counts)
 
 
@@ -184,7 +176,7 @@ async def gpu_bench(out: Path, device: str, mode: str) -> dict[str, Any]:
         gpu_root, cpu_root = Path(tmp) / "gpu", Path(tmp) / "cpu"
         corpus.generate(gpu_root, samples)
         shutil.copytree(gpu_root / "fullsize", cpu_root / "fullsize")
-        cpu_s = await _pool_seconds(cpu_root, requests, options)
+        cpu_s = await _timed(ProcessPoolBackend(cpu_root, options, 1), requests)  # one core
         cpu_rate = len(requests) / cpu_s
         sweep: list[dict[str, Any]] = []
         for batch in SWEEP[mode]:

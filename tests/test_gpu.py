@@ -10,7 +10,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,8 @@ import pyvips
 
 from bench.gpu import MIN_PSNR_DB, psnr
 from fleet.client import FleetClient
-from fleet.registry import Queue, queue_key
+from fleet.processes import wait_healthy
+from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.backend import ProcessPoolBackend, configure_vips
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, default_options, render
@@ -280,12 +280,7 @@ async def test_worker_with_gpu_fallback_starts_on_the_cpu_pool(
         [sys.executable, "-m", "fleet", "worker", "img"], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        key = f"{queue_key(settings.namespace, Queue.IMG)}:health-check"
-        deadline = time.monotonic() + 90
-        while not await client.redis.exists(key):
-            assert proc.poll() is None, "worker exited"
-            assert time.monotonic() < deadline, "worker never became healthy"
-            await asyncio.sleep(0.05)
+        await wait_healthy(client, Queue.IMG, timeout_s=90)
         job = await client.render_upload(1, filename, ext)
         result = await job.result(timeout=60, poll_delay=0.05)
     finally:
