@@ -66,15 +66,15 @@ def resize(xp: Any, image: Any, width: int, height: int) -> Any:
 def _resize_axis(xp: Any, image: Any, axis: int, size_in: int, size_out: int) -> Any:
     """One axis: for each tap, gather the input rows (or columns) it reads and add them in
     with their weights. K taps, so K passes over the output: no dense matrix."""
-    index, weights = taps(size_in, size_out)
+    # Tap-major and contiguous, copied to the device once: row k is every pixel's k-th tap.
+    index, weights = (xp.asarray(np.ascontiguousarray(a.T)) for a in taps(size_in, size_out))
     shape = list(image.shape)
     shape[axis] = size_out
     out = xp.zeros(shape, dtype=xp.float32)
     gathered = xp.empty(shape, dtype=xp.float32)
-    for k in range(index.shape[1]):
-        xp.take(image, xp.asarray(index[:, k]), axis=axis, out=gathered)
-        weight = xp.asarray(weights[:, k]).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
-        gathered *= weight
+    for k in range(index.shape[0]):
+        xp.take(image, index[k], axis=axis, out=gathered)
+        gathered *= weights[k].reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
         out += gathered
     return out
 
