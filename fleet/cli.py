@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -107,6 +108,9 @@ def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.backend:  # the setting, so child processes and the settings checks see it too
+        os.environ["RENDER_BACKEND"] = args.backend
+        get_settings.cache_clear()
     return run_workers(args.kinds, burst=args.burst)
 
 
@@ -417,6 +421,11 @@ def _add_worker(sub: Subcommands) -> None:
         help=f"one or more of {', '.join(sorted(WORKERS))}; light = iqdb db",
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument(
+        "--backend",
+        choices=["cpu", "gpu"],
+        help="img workers: render on the process pool or a GPU (sets RENDER_BACKEND; see README)",
+    )
     worker.set_defaults(run=_cmd_worker)
 
 

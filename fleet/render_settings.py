@@ -11,7 +11,7 @@ a knob that changes what an output looks like belongs here, and nowhere else.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 FORMAT_OF_EXT = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif", "avif": "avif"}
@@ -34,6 +34,8 @@ class RenderSettings:
     thumb_format: str = "webp"
     thumb_quality: int = 75
     thumb_sharpen: bool = True
+    thumb_effort: int = 4
+    """WebP encode effort of the thumbnail (0-6)."""
     medium_edge: int = 1280
     large_edge: int = 2048
     variant_quality: int = 90
@@ -42,14 +44,25 @@ class RenderSettings:
 
     def fingerprint(self) -> str:
         """A short hash of every field, in field order (the same tuple of values bulk runs
-        hashed before this object existed, so their keys stay as they were)."""
-        return hashlib.sha1(repr(astuple(self)).encode()).hexdigest()[:12]
+        hashed before this object existed, so their keys stay as they were). A field added
+        later joins the hash only when it differs from what outputs were made with before it
+        existed (``_ADDED``): adding a knob does not make the whole archive stale."""
+        values = tuple(
+            getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in _ADDED or getattr(self, f.name) != _ADDED[f.name]
+        )
+        return hashlib.sha1(repr(values).encode()).hexdigest()[:12]
 
     def by_name(self) -> dict[str, Any]:
         """Every field by the setting it comes from: what img workers beat, so a feeder can
         name the settings in which they differ from its own."""
         return {_SETTING.get(f.name, f.name.upper()): getattr(self, f.name) for f in fields(self)}
 
+
+_ADDED: dict[str, Any] = {"thumb_effort": 4}
+"""Fields added after bulk runs first keyed on the fingerprint, by the value every output had
+before the field existed (libvips' default WebP effort)."""
 
 _SETTING = {"iqdb": "IQDB_URL set"}
 """Fields named otherwise than their upper-cased name."""

@@ -67,6 +67,9 @@ class Settings:
     thumb_format: str = _RENDER.thumb_format
     thumb_quality: int = _RENDER.thumb_quality
     thumb_sharpen: bool = _RENDER.thumb_sharpen
+    thumb_effort: int = _RENDER.thumb_effort
+    """WebP encode effort of the thumbnail, 0-6 (libvips' default 4): lower is faster and
+    larger. With a GPU backend the WebP encode is what stays on the CPU."""
     medium_edge: int = _RENDER.medium_edge
     large_edge: int = _RENDER.large_edge
     variant_quality: int = _RENDER.variant_quality
@@ -92,6 +95,21 @@ class Settings:
     render_decode_budget_mb: int = DECODE_BUDGET_MB
     """Formats decoded whole at once (AVIF/HEIF, interlaced PNG, progressive JPEG, GIF) are
     refused from the header when their decode would need more memory than this. 0: no budget."""
+    render_backend: str = "cpu"
+    """cpu: the render process pool. gpu: baseline JPEGs decoded and resized in batches on a
+    GPU (the ``fleet[gpu]`` extra), everything else on the pool, in the same worker."""
+    gpu_fallback: str = "refuse"
+    """With RENDER_BACKEND=gpu and no usable GPU: refuse to start (one line saying why), or
+    ``cpu``: start on the process pool alone."""
+    gpu_device: str = "0"
+    """The CUDA device of the GPU backend (one worker process per GPU). ``cpu`` runs the same
+    code in the libraries' CPU mode: for tests only, it is slower than the pool."""
+    gpu_batch_size: int = 16
+    """The GPU backend decodes and resizes this many originals at once..."""
+    gpu_batch_wait_ms: float = 20.0
+    """...or fewer, once the first has waited this long."""
+    gpu_max_pixels: int = 40_000_000
+    """Larger JPEGs go to the pool: each is decoded whole on the GPU (no shrink-on-load)."""
 
     # Bulk re-rendering of the archive.
     bulk_batch_size: int = 16
@@ -445,6 +463,10 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "namespace": lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "letters, digits, '_', '.', '-'",
     "thumb_format": lambda v: None if v in FORMAT_OF_EXT else "one of webp, jpeg (or jpg), png, gif, avif",
     "thumb_quality": _at_least(1, 100),
+    "thumb_effort": _at_least(0, 6),
+    "render_backend": _one_of("cpu", "gpu"),
+    "gpu_fallback": _one_of("refuse", "cpu"),
+    "gpu_device": lambda v: None if v == "cpu" or v.isdigit() else "a CUDA device index (0, 1, ...) or cpu",
     "variant_quality": _at_least(1, 100),
     "max_tries": _at_least(1),
     "admin_action_retention_days": _at_least(1),
@@ -463,7 +485,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 _SECRETS = {"r2_access_key_id", "r2_secret_access_key"}
 _POSITIVE = {
     "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
-    "render_recycle_after",
+    "render_recycle_after", "gpu_batch_size", "gpu_batch_wait_ms", "gpu_max_pixels",
     "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "bulk_run_ttl_s", "light_max_jobs",
     "iqdb_timeout_s", "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s", "dead_letter_max",
     "job_expiry_s", "idle_poll_s",

@@ -1,5 +1,6 @@
-"""Where renders run. Jobs talk to a :class:`RenderBackend`, so a GPU backend can replace the
-process pool later without touching jobs or queues.
+"""Where renders run. Jobs talk to a :class:`RenderBackend`: the process pool here, or the GPU
+backend (:mod:`imgworker.gpu.backend`, RENDER_BACKEND=gpu) in front of it, without touching
+jobs or queues.
 
 The process pool keeps CPU work off the worker's event loop: a loop busy decoding cannot poll
 Redis, renew job locks or answer a signal. It is our own small pool rather than

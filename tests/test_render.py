@@ -380,3 +380,26 @@ def test_avif_thumbnail_and_iqdb_jpeg_come_from_the_primary_image_not_the_embedd
         image = open_out(storage, result.outputs[variant].path)
         difference = [abs(image[band].avg() - want) for band, want in enumerate((250, 0, 0))]
         assert max(difference) < 8, (variant, difference)
+
+
+def test_thumb_effort_trades_webp_bytes_for_time_and_is_part_of_the_fingerprint(storage: Path) -> None:
+    import hashlib
+
+    from fleet.settings import Settings, SettingsError
+    from imgworker.config import render_options
+
+    filename, ext = images.jpeg(storage, "effort.jpg", 1200, 900)
+    sizes = {}
+    for effort in (0, 6):
+        result = render(
+            storage, RenderRequest(1, filename, ext), render_options(Settings(thumb_effort=effort))
+        )
+        assert result.ok and result.outputs["thumb"].width == 500
+        sizes[effort] = result.outputs["thumb"].bytes
+    assert sizes[6] < sizes[0]  # more effort, fewer bytes, same pixels' size
+    with pytest.raises(SettingsError, match="THUMB_EFFORT='7' is not allowed: must be from 0 to 6"):
+        Settings.from_env({"THUMB_EFFORT": "7"})
+    # The default keeps the fingerprint it had before the setting existed: no output went stale.
+    before = (500, 500, "webp", 75, True, 1280, 2048, 90, False)
+    assert Settings().render.fingerprint() == hashlib.sha1(repr(before).encode()).hexdigest()[:12]
+    assert Settings(thumb_effort=2).render.fingerprint() != Settings().render.fingerprint()

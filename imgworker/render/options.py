@@ -24,6 +24,8 @@ class Variant:
     format: str | None = None
     """An output format (webp, jpeg, png, gif, avif), or None for the original's own format."""
     sharpen: bool = False
+    effort: int = 4
+    """WebP encode effort (0-6; libvips' default 4): only a WebP output reads it."""
     always: bool = False
     """Made for every original; otherwise only for originals larger than its box whose
     rendition is smaller in bytes than the original."""
@@ -82,6 +84,7 @@ def variants_of(settings: RenderSettings) -> tuple[Variant, ...]:
             settings.thumb_quality,
             settings.thumb_format,
             settings.thumb_sharpen,
+            effort=settings.thumb_effort,
             always=True,
         ),
     ]
