@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import pytest
 
 from fleet.client import FleetClient
+from fleet.keys import job_key, queue_key
 from fleet.processes import stop
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue, queue_key
+from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue
 from fleet.settings import Settings
 from fleet.worker import Context, build_worker, handles
 from imgworker.render.storage import LocalStore, Original
@@ -130,9 +131,7 @@ def iqdb_worker(settings: Settings, index: Any, **options: Any) -> dict[str, Any
 
 async def plant(client: FleetClient, queue: Queue, job_id: str, raw: bytes) -> None:
     """Write a job straight into Redis, as an attacker with Redis access could."""
-    from arq.constants import job_key_prefix
-
-    await client.redis.set(job_key_prefix + job_id, raw)
+    await client.redis.set(job_key(job_id), raw)
     await client.redis.zadd(queue_key(client.settings.namespace, queue), {job_id: time.time() * 1000})
 
 
@@ -231,12 +230,13 @@ def unavailable(reason: str) -> None:
 
 
 BOARD_SCHEMAS = {
-    "mariadb-seed": ("mysql_url", "mariadb_seed.sql"),
-    "mariadb": ("mysql_url", "mariadb_head.sql"),
-    "postgres": ("postgres_url", "postgres_head.sql"),
+    "mariadb-seed": ("mysql_url", ("mariadb_seed.sql",)),
+    "mariadb": ("mysql_url", ("mariadb_seed.sql", "mariadb_migrations.sql")),
+    "postgres": ("postgres_url", ("postgres_head.sql",)),
 }
-"""The board's real tables (tests/board_schema/, written from docs/board.md): the seed-era
-board on MariaDB, and today's on MariaDB and PostgreSQL."""
+"""The board's real tables (tests/board_schema/, written from docs/board.md), each kind's DDL
+files run in order: the seed-era board on MariaDB; today's on MariaDB, as the board's
+migrations took the seed-era tables there; today's on PostgreSQL (a frozen baseline)."""
 
 
 @contextlib.asynccontextmanager
@@ -245,7 +245,7 @@ async def board_database(request: pytest.FixtureRequest, kind: str) -> AsyncIter
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    server_fixture, ddl = BOARD_SCHEMAS[kind]
+    server_fixture, ddl_files = BOARD_SCHEMAS[kind]
     server_url: str = request.getfixturevalue(server_fixture)
     name = f"fleet_test_{uuid.uuid4().hex[:12]}"
     quote = "`" if server_fixture == "mysql_url" else '"'
@@ -256,7 +256,8 @@ async def board_database(request: pytest.FixtureRequest, kind: str) -> AsyncIter
     engine = create_async_engine(url)
     try:
         statements = "\n".join(
-            line for line in (Path(__file__).parent / "board_schema" / ddl).read_text().splitlines()
+            line for ddl in ddl_files
+            for line in (Path(__file__).parent / "board_schema" / ddl).read_text().splitlines()
             if not line.startswith("--")
         ).split(";")  # fmt: skip
         async with engine.begin() as conn:
@@ -300,6 +301,7 @@ async def bulk_board(settings: Settings, count: int, distinct: int = 12) -> Asyn
 
     from fleet import db
     from tests import images
+    from tests.board import PENDING_VARIANTS
 
     full = settings.storage_path / "fullsize"
     sources = [
@@ -310,7 +312,7 @@ async def bulk_board(settings: Settings, count: int, distinct: int = 12) -> Asyn
     for image_id in range(1, count + 1):
         name = f"2025-{1 + image_id % 12:02d}-{1 + image_id % 28:02d}-{image_id}"
         os.link(full / f"{sources[image_id % distinct][0]}.jpg", full / f"{name}.jpg")
-        rows.append({"image_id": image_id, "filename": name, "ext": "jpg", "medium": 2, "large": 2})
+        rows.append({"image_id": image_id, "filename": name, "ext": "jpg", **PENDING_VARIANTS})
     engine = db.create_engine(settings)
     async with engine.begin() as conn:
         await conn.execute(sa.insert(db.images), rows)

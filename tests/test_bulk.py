@@ -19,11 +19,13 @@ from bench.iqdb_server import IqdbServer
 from fleet import db
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
-from fleet.registry import Queue, queue_key
+from fleet.keys import queue_key
+from fleet.registry import Queue
+from fleet.render_settings import RenderSettings
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 from imgworker.backend import Priority, ProcessPoolBackend
-from imgworker.render import RenderRequest, default_options
+from imgworker.render import RenderRequest, options_of
 from imgworker.worker import worker_settings
 from tests import images
 from tests.support import Gate, GatedStore, bulk_board, drained, rethumb_cli, running_worker, wait_for
@@ -225,7 +227,9 @@ async def bulk_renders_held(
     held = images.jpeg(storage, "held.jpg", 1600, 1200)
     ended: list[str] = []
     with Gate(tmp_path / "gate") as gate:
-        backend = ProcessPoolBackend(GatedStore(storage, gate.path, [held[0]]), default_options(), **pool)
+        backend = ProcessPoolBackend(
+            GatedStore(storage, gate.path, [held[0]]), options_of(RenderSettings()), **pool
+        )
         try:
             await backend.warm_up()
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db
+from fleet.board import VariantStatus
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
 from fleet.errors import FleetError
@@ -25,9 +26,8 @@ from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from tests import images
+from tests.board import PENDING_VARIANTS
 from tests.support import bulk_board, rethumb_cli, running_worker, wait_for
-
-PENDING = 2
 
 
 def _light(settings: Settings) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
         images.jpeg(settings.storage_path, "2025-01-01-7.jpg", 900, 700, Q=98)
         await conn.execute(
             sa.insert(db.images),
-            [{"image_id": 7, "filename": "2025-01-01-7", "ext": "jpg", "medium": 2, "large": 2}],
+            [{"image_id": 7, "filename": "2025-01-01-7", "ext": "jpg", **PENDING_VARIANTS}],
         )
     async with running_worker(worker_settings(settings), _light(settings)):
         first = await rethumb(client.redis, settings, Selection(), engine=engine, poll_s=0.05)
@@ -76,11 +76,11 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
             return {int(i): (int(m), int(lg)) for i, m, lg in rows}
 
         async def settled() -> bool:
-            return PENDING not in {f for pair in (await flags()).values() for f in pair}
+            return VariantStatus.PENDING not in {f for pair in (await flags()).values() for f in pair}
 
         await wait_for(settled, what="the first run's flags")
         async with engine.begin() as conn:  # the report: outputs exist, flags left at PENDING
-            await conn.execute(sa.update(db.images).values(medium=PENDING, large=PENDING))
+            await conn.execute(sa.update(db.images).values(**PENDING_VARIANTS))
 
         again = await rethumb(client.redis, settings, Selection(mode="missing"), engine=engine, poll_s=0.05)
         assert (again.rendered, again.skipped) == (0, 7)  # nothing re-encoded

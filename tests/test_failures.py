@@ -23,8 +23,9 @@ from arq.jobs import JobStatus
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError, TransientError
+from fleet.keys import in_progress_key, queue_key
 from fleet.processes import wait_healthy, worker_process
-from fleet.registry import Queue, queue_key
+from fleet.registry import Queue
 from fleet.settings import Settings
 from fleet.worker import Context
 from imgworker.worker import worker_settings
@@ -143,10 +144,7 @@ async def test_dead_letter_cli_lists_retries_with_fresh_tries_and_purges(
         retried = fleet_cli(settings, "dead", "retry", missing.job_id)
         assert retried.returncode == 0, retried.stderr
         new_id = retried.stdout.split()[-1]
-        from arq.jobs import Job
-
-        again = Job(new_id, client.redis, _queue_name=queue_key(settings.namespace, Queue.IMG))
-        again._deserializer = client.redis.job_deserializer
+        again = await client.job(new_id)
         assert (await again.result(timeout=30, poll_delay=0.02))["ok"] is True
         assert (await again.result_info()).job_try == 1  # a fresh try count
 
@@ -197,7 +195,7 @@ async def test_sigkilled_worker_loses_nothing_and_recovers_within_the_lock_ttl(
     with worker_process(["img"], settings) as victim:
         await wait_healthy(client, Queue.IMG)
         job = await client.render_upload(1, *name)
-        in_progress = f"arq:in-progress:{job.job_id}"
+        in_progress = in_progress_key(job.job_id)
         await wait_for(lambda: client.redis.exists(in_progress), what="the render job to start")
         render_processes = descendants(victim.pid)
         assert render_processes  # the forkserver and the render process
@@ -226,7 +224,7 @@ async def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
     with worker_process(["img"], settings) as worker:  # big renders for seconds: still running at SIGTERM
         await wait_healthy(client, Queue.IMG)
         running = await client.render_upload(1, *big)
-        in_progress = f"arq:in-progress:{running.job_id}"
+        in_progress = in_progress_key(running.job_id)
         await wait_for(lambda: client.redis.exists(in_progress), what="the big render to start")
         waiting = [await client.render_upload(10 + i, *name) for i, name in enumerate(small)]
         worker.send_signal(signal.SIGTERM)

@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 import pytest
 import pyvips
 import redis
-from arq.jobs import Job, JobResult
+from arq.jobs import JobResult
 from redis.exceptions import RedisError
 
 from fleet.client import FleetClient
 from fleet.connections import redis_settings
-from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload, queue_key
+from fleet.registry import RENDER_UPLOAD, RenderUpload
 from fleet.services import EmbeddedRedis, find_redis_server, free_port
 from fleet.settings import Settings, SettingsError, masked_url, parse_sentinel_url
 from imgworker.worker import worker_settings
@@ -224,7 +224,7 @@ async def test_a_failover_mid_batch_loses_no_job_and_the_worker_follows_the_new_
         promoted_s = time.monotonic() - killed_at
         assert sentinel_group.primary_port() != old_port
 
-        re_enqueued = await requeue_lost(lazy, settings, names, job_ids)
+        re_enqueued = await requeue_lost(lazy, names, job_ids)
         results = [await wait_result(client, job_id) for job_id in job_ids]
         await lazy.close()
     assert all(r.success and r.result["ok"] is True for r in results), [r.result for r in results]
@@ -239,14 +239,12 @@ async def test_a_failover_mid_batch_loses_no_job_and_the_worker_follows_the_new_
     assert await rendered_again(settings, names) == outputs, "a render run twice gave other bytes"
 
 
-async def requeue_lost(
-    client: FleetClient, settings: Settings, names: list[tuple[str, str]], job_ids: list[str]
-) -> int:
+async def requeue_lost(client: FleetClient, names: list[tuple[str, str]], job_ids: list[str]) -> int:
     """Queue again, under the same id, every job the new primary never heard of (acknowledged
     by the old one but not yet replicated): the client's side of asynchronous replication."""
     lost = 0
     for i, ((filename, ext), job_id) in enumerate(zip(names, job_ids, strict=True)):
-        job = Job(job_id, client.redis, _queue_name=queue_key(settings.namespace, Queue.IMG))
+        job = await through_failover(lambda j=job_id: client.job(j))
         status = await through_failover(job.status)
         if status.value == "not_found":
             lost += 1
@@ -256,7 +254,7 @@ async def requeue_lost(
 
 
 async def wait_result(client: FleetClient, job_id: str, timeout_s: float = 180) -> JobResult:
-    job = Job(job_id, client.redis, _deserializer=client.redis.job_deserializer)
+    job = await through_failover(lambda: client.job(job_id))
     deadline = time.monotonic() + timeout_s
     while True:
         info = await through_failover(job.result_info)

@@ -9,21 +9,16 @@ instead of decoding the original three times.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyvips
 
+from fleet.board import VariantStatus
 from fleet.paths import UnsafePathError
 from imgworker.render import steps, storage
 from imgworker.render.errors import RenderError, TooMuchMemoryError, UnsupportedImageError
-from imgworker.render.options import (
-    Output,
-    RenderOptions,
-    RenderRequest,
-    RenderResult,
-    Variant,
-    VariantStatus,
-)
+from imgworker.render.options import Output, RenderOptions, RenderRequest, RenderResult, Variant
 from imgworker.render.storage import Store, Where
 
 
@@ -33,10 +28,18 @@ def render(where: Where, request: RenderRequest, options: RenderOptions) -> Rend
     A medium or large that cannot be made fails alone: the thumbnail (and the IQDB JPEG) are
     still written, the result is not ``ok``, and its error names the variant."""
     started = time.perf_counter()
-    file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
+    return result_of(
+        request, started, lambda: _render(storage.store_for(where, request.public), request, options)
+    )
+
+
+def result_of(request: RenderRequest, started: float, work: Callable[[], dict[str, Output]]) -> RenderResult:
+    """The result of ``work`` (a render's outputs), its errors mapped to their class as every
+    backend reports them; ``started`` is when the render began (perf_counter)."""
+    file = request.file
     try:
-        outputs = _render(storage.store_for(where, request.public), request, options)
-    except _AlreadyCurrent as current:
+        outputs = work()
+    except AlreadyCurrent as current:
         seconds = time.perf_counter() - started
         return RenderResult(request.image_id, file, True, current.outputs, skipped=True, seconds=seconds)
     except (RenderError, UnsafePathError) as exc:
@@ -85,10 +88,8 @@ def _decode_error(file: str, exc: pyvips.Error) -> RenderError:
 def _render(root: Store, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
     original = root.original(request.filename, request.ext)  # one read (one GET from a bucket)
     header = steps.inspect(original.source, options.max_pixels, options.decode_budget_mb)
-    wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
-    if _current(root, request, wanted, original.modified, options):
-        raise _AlreadyCurrent(_on_disk(root, request, wanted, options))
-    outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
+    wanted = wanted_variants(options, header.width, header.height)
+    outputs = settle_unwanted(root, request, wanted, original.modified, options)
     if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
         return outputs
     resized = _cascade(original.source, header, wanted, options)
@@ -129,7 +130,23 @@ def _cascade(
     return resized
 
 
-class _AlreadyCurrent(Exception):
+def wanted_variants(options: RenderOptions, width: int, height: int) -> list[Variant]:
+    """The variants an original of ``width`` x ``height`` gets: the thumbnail side always,
+    a medium or large only when the original is larger than its box."""
+    return [v for v in options.variants if v.always or not v.fits(width, height)]
+
+
+def settle_unwanted(
+    root: Store, request: RenderRequest, wanted: list[Variant], modified: float, options: RenderOptions
+) -> dict[str, Output]:
+    """Before any decode: raise :class:`AlreadyCurrent` when the wanted outputs are current,
+    else drop the variants not wanted (their stale files removed) and return those."""
+    if _current(root, request, wanted, modified, options):
+        raise AlreadyCurrent(_on_disk(root, request, wanted, options))
+    return {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
+
+
+class AlreadyCurrent(Exception):
     def __init__(self, outputs: dict[str, Output]) -> None:
         super().__init__("outputs already current")
         self.outputs = outputs
@@ -179,7 +196,21 @@ def _write_variant(
         raise UnsupportedImageError(f"cannot write a {variant.name} variant as .{request.ext}")
     if variant.sharpen:
         image = steps.sharpen(image)
-    data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
+    data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality, variant.effort)
+    return store_encoded(root, request, variant, data, image.width, image.height, original_bytes)
+
+
+def store_encoded(
+    root: Store,
+    request: RenderRequest,
+    variant: Variant,
+    data: bytes,
+    width: int,
+    height: int,
+    original_bytes: int,
+) -> Output:
+    """Write one encoded variant (atomically), or drop it when it is not smaller than the
+    original: the one place either backend stores an output."""
     if not variant.always and len(data) >= original_bytes:
         return _drop(root, variant, request)  # no smaller than the original: serve the original
     ext = variant.ext(request.ext)
@@ -188,8 +219,8 @@ def _write_variant(
         variant.name,
         VariantStatus.READY,
         f"{variant.folder}/{request.filename}.{ext}",
-        image.width,
-        image.height,
+        width,
+        height,
         len(data),
         changed,
     )
@@ -198,10 +229,14 @@ def _write_variant(
 def _write_or_fail_alone(
     root: Store, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
 ) -> Output:
+    return fail_alone(variant, lambda: _write_variant(root, request, variant, image, original_bytes))
+
+
+def fail_alone(variant: Variant, write: Callable[[], Output]) -> Output:
     """A medium or large whose encode or write fails is reported, not raised: the board treats
     it as independent of the thumbnail, which must still be made."""
     try:
-        return _write_variant(root, request, variant, image, original_bytes)
+        return write()
     except (RenderError, UnsafePathError) as exc:
         error: Exception = exc
     except pyvips.Error as exc:  # an encoder that refuses these pixels

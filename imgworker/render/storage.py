@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleet.board import Folder
 from fleet.objects import NO_BUCKET, BucketConfig, BucketPair, first_line, open_bucket, refusal
 from fleet.paths import UnsafePathError, check_name, inside
 from imgworker.render.errors import BucketRefusedError, MissingOriginalError, RenderError, StorageError
 
-ORIGINALS = "fullsize"
-
 
 def original_path(root: Path, filename: str, ext: str) -> Path:
     check_name(filename, ext)
-    path = inside(root, root / ORIGINALS / f"{filename}.{ext}")
+    path = inside(root, root / Folder.ORIGINALS / f"{filename}.{ext}")
     if not path.is_file():
-        raise MissingOriginalError(f"original {ORIGINALS}/{filename}.{ext} does not exist")
+        raise MissingOriginalError(f"original {Folder.ORIGINALS}/{filename}.{ext} does not exist")
     return path
 
 
@@ -185,7 +184,7 @@ class ObjectStore:
     def original(self, filename: str, ext: str) -> Original:
         import obstore
 
-        key = self.key(ORIGINALS, filename, ext)
+        key = self.key(Folder.ORIGINALS, filename, ext)
         try:
             result = obstore.get(self.client, key)
             data = bytes(result.bytes())
