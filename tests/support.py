@@ -160,9 +160,14 @@ def fleet_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "fleet", *args]
 
 
-def fleet_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``fleet ARGS...`` run to its end with ``settings`` (its output captured)."""
-    return subprocess.run(fleet_command(*args), env=fleet_env(settings), capture_output=True, text=True)
+def fleet_cli(
+    settings: Settings, *args: str, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``fleet ARGS...`` run to its end with ``settings`` (its output captured); ``timeout``
+    bounds a command that would otherwise hang the test if it failed to end."""
+    return subprocess.run(
+        fleet_command(*args), env=fleet_env(settings), capture_output=True, text=True, timeout=timeout
+    )
 
 
 # --- renders held at a gate ------------------------------------------------------------------------

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,13 +18,14 @@ import pyvips
 
 from bench.gpu import MIN_PSNR_DB, psnr
 from fleet.client import FleetClient
-from fleet.processes import wait_healthy
+from fleet.processes import wait_healthy, worker_process
 from fleet.registry import Queue
 from fleet.render_settings import RenderSettings
 from fleet.settings import Settings
 from imgworker.backend import ProcessPoolBackend, configure_vips
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, options_of, render
 from tests import images
+from tests.support import fleet_cli, running_worker
 
 if importlib.util.find_spec("nvidia.nvimgcodec") is None:  # imported by the code under test, quietly
     pytest.skip("the fleet[gpu] extra is not installed", allow_module_level=True)
@@ -248,23 +247,13 @@ async def test_batcher_starts_a_partial_batch_after_its_wait(
 # --- the worker: start-up probe ------------------------------------------------------------------
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {**os.environ, **settings.as_env(), **extra}
-
-
 NO_SUCH_GPU = "63"
 """A CUDA device index no machine has: "no usable GPU" here and on a GPU machine alike."""
 
 
 def test_worker_asked_for_a_gpu_it_cannot_have_refuses_in_one_line(settings: Settings) -> None:
-    env = _env(settings, GPU_DEVICE=NO_SUCH_GPU, LOG_LEVEL="WARNING")
-    done = subprocess.run(
-        [sys.executable, "-m", "fleet", "worker", "img", "--backend", "gpu"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    settings = settings.replace(gpu_device=NO_SUCH_GPU, log_level="WARNING")
+    done = fleet_cli(settings, "worker", "img", "--backend", "gpu", timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -273,28 +262,22 @@ def test_worker_asked_for_a_gpu_it_cannot_have_refuses_in_one_line(settings: Set
 
 
 async def test_worker_with_gpu_fallback_starts_on_the_cpu_pool(
-    settings: Settings, client: FleetClient
+    settings: Settings, client: FleetClient, tmp_path: Path
 ) -> None:
-    env = _env(settings, RENDER_BACKEND="gpu", GPU_DEVICE=NO_SUCH_GPU, GPU_FALLBACK="cpu")
+    settings = settings.replace(render_backend="gpu", gpu_device=NO_SUCH_GPU, gpu_fallback="cpu")
     filename, ext = images.jpeg(settings.storage_path, "fallback.jpg", 1400, 900)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet", "worker", "img"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
+    log = tmp_path / "worker.stderr"
+    with log.open("wb") as stderr, worker_process(["img"], settings, stderr=stderr) as proc:
         await wait_healthy(client, Queue.IMG, timeout_s=90)
         job = await client.render_upload(1, filename, ext)
         result = await job.result(timeout=60, poll_delay=0.05)
-    finally:
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
     assert result["ok"] is True
-    assert "no usable GPU: rendering on the CPU pool" in stderr
-    assert proc.returncode == 0
+    assert "no usable GPU: rendering on the CPU pool" in log.read_text()
+    assert proc.returncode == 0  # stopped by SIGTERM, cleanly
 
 
 async def test_worker_renders_uploads_through_the_gpu_backend(settings: Settings) -> None:
     from imgworker.worker import worker_settings
-    from tests.conftest import running_worker
 
     settings = settings.replace(render_backend="gpu", gpu_device=DEVICE, gpu_batch_wait_ms=5.0)
     filename, ext = images.jpeg(settings.storage_path, "through.jpg", 2600, 1800)
