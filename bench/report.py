@@ -96,6 +96,14 @@ def _s3(s3: dict[str, Any] | None) -> list[str]:
         f"| img, local folder (pool, same run as S3) | {s3['local_renders_per_s']} renders/s |",
         f"| img, S3 bucket (moto on loopback) | {s3['s3_renders_per_s']} renders/s, "
         f"{s3['s3_ratio']} of local |",
+        *(
+            [
+                f"| S3: requests per render / moto CPU per request / moto's share of the pool's CPU | "
+                f"{s3['requests_per_render']} / {s3['moto_cpu_ms_per_request']} ms / {s3['moto_cpu_share']} |"
+            ]
+            if "requests_per_render" in s3
+            else []
+        ),
     ]
 
 

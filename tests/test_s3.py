@@ -19,7 +19,7 @@ import obstore
 import pytest
 import pyvips
 
-from bench.s3 import moto_server, new_bucket
+from bench.s3 import MotoServer, moto_server, new_bucket
 from fleet import health
 from fleet.client import FleetClient
 from fleet.db import create_engine, create_schema
@@ -41,10 +41,15 @@ from tests.iqdb_server import IqdbServer, fake_hash
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
+def moto() -> Iterator[MotoServer]:
     """One server for this module's tests (a fresh bucket each)."""
-    with moto_server() as endpoint:
-        yield endpoint
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(moto: MotoServer) -> str:
+    return moto.endpoint
 
 
 @pytest.fixture
@@ -81,21 +86,45 @@ def test_a_render_reads_the_original_from_the_bucket_and_puts_each_output(
     bucket: ObjectStore, tmp_path: Path, settings: Settings
 ) -> None:
     filename, ext = upload_original(bucket, tmp_path, "wide.png", images.pattern(3000, 1800))
-    options = render_options(settings)
+    options = render_options(settings.replace(iqdb_url="http://127.0.0.1:1"))
     result = render(bucket, RenderRequest(1, filename, ext), options)
     assert result.ok, result.error
     expected = {f"fullsize/{filename}.png", f"thumbs/{filename}.webp", f"medium/{filename}.png"}
-    expected.add(f"large/{filename}.png")
+    expected |= {f"large/{filename}.png", f"iqdb/{filename}.jpg"}
     assert set(keys(bucket)) == expected
     thumb = whole_image(read(bucket, f"thumbs/{filename}.webp"))
     assert (thumb.width, thumb.height) == (500, 300)
     assert whole_image(read(bucket, f"large/{filename}.png")).width == 2048
+    assert result.outputs["iqdb"].changed
     # Rendered again: the same bytes, reported unchanged (IQDB is told only of a change).
     again = render(bucket, RenderRequest(1, filename, ext), options)
-    assert again.ok and not again.outputs["thumb"].changed
+    assert again.ok and not again.outputs["iqdb"].changed
     # With current outputs skipped, nothing is encoded: the bucket's times say they are current.
     skip = render(bucket, RenderRequest(1, filename, ext), render_options(settings, mode="missing"))
     assert skip.ok and skip.skipped and skip.outputs["large"].path == f"large/{filename}.png"
+
+
+def test_a_render_makes_one_request_per_output_and_looks_first_only_at_the_iqdb_jpeg(
+    moto: MotoServer, bucket: ObjectStore, tmp_path: Path, settings: Settings
+) -> None:
+    """One GET of the original, one PUT per output, the variants not made (no medium or large
+    for a small image) removed in one request, and a HEAD only before the IQDB JPEG, whose
+    ``changed`` decides whether IQDB is told."""
+    filename, ext = upload_original(bucket, tmp_path, "small.png", images.pattern(900, 600))
+    before = len(moto.requests(bucket.config.bucket))
+    options = render_options(settings.replace(iqdb_url="http://127.0.0.1:1"))
+    result = render(bucket, RenderRequest(1, filename, ext), options)
+    assert result.ok, result.error
+    made = moto.requests(bucket.config.bucket)[before:]
+    assert sorted(made) == sorted(
+        [
+            ("GET", f"/{bucket.config.bucket}/fullsize/{filename}.png"),
+            ("POST", f"/{bucket.config.bucket}?delete"),
+            ("HEAD", f"/{bucket.config.bucket}/iqdb/{filename}.jpg"),
+            ("PUT", f"/{bucket.config.bucket}/iqdb/{filename}.jpg"),
+            ("PUT", f"/{bucket.config.bucket}/thumbs/{filename}.webp"),
+        ]
+    )
 
 
 def test_settings_choose_the_bucket_and_keep_the_secret_out_of_errors(s3_endpoint: str) -> None:
@@ -129,8 +158,8 @@ def test_a_missing_original_or_bucket_fails_for_good_with_a_clear_error(
 
 def test_wrong_credentials_fail_for_good_with_one_clear_error(settings: Settings) -> None:
     # With INITIAL_NO_AUTH_ACTION_COUNT=0 moto checks every request's key and signature.
-    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
-        wrong = ObjectStore(BucketConfig("images", endpoint, "us-east-1", "no-such-key", "wrong"))
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as server:
+        wrong = ObjectStore(BucketConfig("images", server.endpoint, "us-east-1", "no-such-key", "wrong"))
         result = render(wrong, RenderRequest(1, "2026-01-01-1", "png"), render_options(settings))
     assert (result.error_type, result.permanent) == ("BucketRefusedError", True)
     assert "R2_ACCESS_KEY_ID" in (result.error or "") and "wrong" not in (result.error or "")

@@ -26,6 +26,10 @@ from imgworker.render.options import (
 )
 from imgworker.render.storage import Store, Where
 
+COMPARED = frozenset({"iqdb"})
+"""Variants whose ``changed`` is found out, not assumed: the light worker re-indexes IQDB only
+when its JPEG changed. Nothing reads the others', and in a bucket each costs a HEAD."""
+
 
 def render(where: Where, request: RenderRequest, options: RenderOptions) -> RenderResult:
     """Render ``request``; failures come back in the result (never raised), with their class.
@@ -86,9 +90,10 @@ def _render(root: Store, request: RenderRequest, options: RenderOptions) -> dict
     original = root.original(request.filename, request.ext)  # one read (one GET from a bucket)
     header = steps.inspect(original.source, options.max_pixels, options.decode_budget_mb)
     wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
-    if _current(root, request, wanted, original.modified, options):
-        raise _AlreadyCurrent(_on_disk(root, request, wanted, options))
-    outputs = {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
+    current = _current(root, request, wanted, original.modified, options)
+    if current is not None:
+        raise _AlreadyCurrent(_on_disk(request, current, options))
+    outputs = _drop(root, [v for v in options.variants if v not in wanted], request)
     if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
         return outputs
     resized = _cascade(original.source, header, wanted, options)
@@ -136,16 +141,15 @@ class _AlreadyCurrent(Exception):
 
 
 def _on_disk(
-    root: Store, request: RenderRequest, wanted: list[Variant], options: RenderOptions
+    request: RenderRequest, found: dict[str, float | None], options: RenderOptions
 ) -> dict[str, Output]:
     """A skipped original's outputs as they are on disk, unchanged (nothing is encoded): the
     board's flags are still settled from them (a file there is READY, none is NONE), and IQDB
     is only told by the reindex rule, since the thumbnail's bytes did not change."""
     outputs: dict[str, Output] = {}
     for variant in options.variants:
-        name = f"{request.filename}.{variant.ext(request.ext)}"
-        if variant in wanted and root.modified(variant.folder, request.filename, variant.ext(request.ext)):
-            relative = f"{variant.folder}/{name}"
+        if found.get(variant.name) is not None:
+            relative = f"{variant.folder}/{request.filename}.{variant.ext(request.ext)}"
             outputs[variant.name] = Output(variant.name, VariantStatus.READY, relative, changed=False)
         else:
             outputs[variant.name] = Output(variant.name, VariantStatus.NONE)
@@ -154,21 +158,22 @@ def _on_disk(
 
 def _current(
     root: Store, request: RenderRequest, wanted: list[Variant], original_mtime: float, options: RenderOptions
-) -> bool:
-    """Whether every wanted output exists (and, unless only existence counts, is newer than
-    both the original and the current settings). Costs a few stat calls."""
+) -> dict[str, float | None] | None:
+    """When every wanted output exists (and, unless only existence counts, is newer than both
+    the original and the current settings): the time of each (None: a medium or large that has
+    none). None when the original must be rendered. Costs one stat (a HEAD) per wanted output."""
     if options.skip_current_since is None and not options.skip_existing:
-        return False
+        return None
     since = 0.0 if options.skip_existing else max(original_mtime, options.skip_current_since or 0.0)
+    found: dict[str, float | None] = {}
     for variant in wanted:
         mtime = root.modified(variant.folder, request.filename, variant.ext(request.ext))
-        if mtime is None:
-            if variant.always:
-                return False
-            continue  # a medium/large that was NONE (not smaller than the original) has no file
-        if mtime < since:
-            return False
-    return True
+        if mtime is None and variant.always:
+            return None
+        if mtime is not None and mtime < since:  # no medium/large file: it was NONE
+            return None
+        found[variant.name] = mtime
+    return found
 
 
 def _write_variant(
@@ -181,9 +186,9 @@ def _write_variant(
         image = steps.sharpen(image)
     data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
     if not variant.always and len(data) >= original_bytes:
-        return _drop(root, variant, request)  # no smaller than the original: serve the original
+        return _drop(root, [variant], request)[variant.name]  # no smaller: serve the original
     ext = variant.ext(request.ext)
-    changed = root.put(variant.folder, request.filename, ext, data)
+    changed = root.put(variant.folder, request.filename, ext, data, compare=variant.name in COMPARED)
     return Output(
         variant.name,
         VariantStatus.READY,
@@ -216,9 +221,9 @@ def _write_or_fail_alone(
     )
 
 
-def _drop(root: Store, variant: Variant, request: RenderRequest) -> Output:
-    """Variant NONE: also remove a stale file a previous render (other settings) may have left.
-    No folder is made for that, so a broken ``large/`` cannot fail the thumbnail of a small image."""
-    if variant.format is None:
-        root.remove(variant.folder, request.filename, request.ext)
-    return Output(variant.name, VariantStatus.NONE)
+def _drop(root: Store, variants: list[Variant], request: RenderRequest) -> dict[str, Output]:
+    """Variants NONE: also remove stale files a previous render (other settings) may have left,
+    all in one call (one request to a bucket). No folder is made for that, so a broken
+    ``large/`` cannot fail the thumbnail of a small image."""
+    root.remove(request.filename, [(v.folder, request.ext) for v in variants if v.format is None])
+    return {v.name: Output(v.name, VariantStatus.NONE) for v in variants}

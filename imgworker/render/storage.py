@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,12 +112,13 @@ class Store(Protocol):
         """When the output was last written; None when there is none."""
         ...
 
-    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
-        """Store an output whole (never visible half-written); False when it held ``data`` already."""
+    def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
+        """Store an output whole (never visible half-written); False when it held ``data``
+        already. A bucket finds that out only when asked to ``compare`` (it costs a request)."""
         ...
 
-    def remove(self, folder: str, filename: str, ext: str) -> None:
-        """Remove an output, if there is one."""
+    def remove(self, filename: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """Remove ``filename``'s ``outputs`` (folder, ext), those there are: a bucket in one request."""
         ...
 
 
@@ -138,12 +140,14 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
+    def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
+        """Always compared: reading a local file back costs no request."""
         return atomic_write(output_path(self.root, folder, filename, ext), data)
 
-    def remove(self, folder: str, filename: str, ext: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            output_path(self.root, folder, filename, ext, create=False).unlink()
+    def remove(self, filename: str, outputs: Sequence[tuple[str, str]]) -> None:
+        for folder, ext in outputs:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                output_path(self.root, folder, filename, ext, create=False).unlink()
 
 
 def as_store(where: Path | Store) -> Store:
@@ -211,34 +215,44 @@ class ObjectStore:
             raise self._error("look up", key, exc) from exc
         return float(meta["last_modified"].timestamp())
 
-    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
-        """One PUT. An object already holding ``data`` (its ETag is the MD5 of a single PUT's
-        body) is still written, so its time says it is current, but reported unchanged."""
+    def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
+        """One PUT (and, to ``compare``, a HEAD before it). An object already holding ``data``
+        (its ETag is the MD5 of a single PUT's body) is still written, so its time says it is
+        current, but reported unchanged. Without ``compare`` it is reported changed."""
         import obstore
 
         key = self.key(folder, filename, ext)
         try:
-            try:
-                etag = obstore.head(self.client, key).get("e_tag") or ""
-            except FileNotFoundError as exc:
-                if NO_BUCKET in str(exc):
-                    raise
-                etag = ""
+            etag = self._etag(key) if compare else ""
             obstore.put(self.client, key, data, use_multipart=False)
         except Exception as exc:
             raise self._error("write", key, exc) from exc
         return etag.strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-    def remove(self, folder: str, filename: str, ext: str) -> None:
+    def _etag(self, key: str) -> str:
+        """The object's ETag; "" when there is none."""
         import obstore
 
-        key = self.key(folder, filename, ext)
         try:
-            obstore.delete(self.client, key)
+            return str(obstore.head(self.client, key).get("e_tag") or "")
+        except FileNotFoundError as exc:
+            if NO_BUCKET in str(exc):
+                raise
+            return ""
+
+    def remove(self, filename: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """One DeleteObjects request for them all (a key that is not there is no error)."""
+        import obstore
+
+        paths = [self.key(folder, filename, ext) for folder, ext in outputs]
+        if not paths:
+            return
+        try:
+            obstore.delete(self.client, paths)
         except FileNotFoundError:
             return
         except Exception as exc:
-            raise self._error("remove", key, exc) from exc
+            raise self._error("remove", ", ".join(paths), exc) from exc
 
     def _error(self, doing: str, key: str, exc: Exception) -> RenderError:
         """Refused credentials or access, or a bucket that does not exist, fail for good with one
