@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -10,12 +11,13 @@ from fleet.bulk import BulkRun, render_fingerprint
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, PermanentError, TransientError
 from fleet.objects import bucket_pair
+from fleet.paths import UnsafePathError
 from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
 from fleet.settings import Settings
 from fleet.worker import Context, backoff_s, dead_letter, handles
 from imgworker.backend import LOST, Priority, RenderBackend
 from imgworker.config import render_options
-from imgworker.render import RenderRequest, RenderResult, VariantStatus
+from imgworker.render import RenderError, RenderOptions, RenderRequest, RenderResult, VariantStatus, current
 
 
 async def raise_for_failure(ctx: Context, result: RenderResult) -> None:
@@ -122,6 +124,19 @@ async def refuse_other_settings(
     raise PermanentError(reason, kind="RenderSettingsMismatch")
 
 
+async def skip_current(
+    ctx: Context, requests: list[RenderRequest], options: RenderOptions
+) -> tuple[list[RenderResult | None], RenderOptions]:
+    """The batch's skip check, done once for the batch from listings (see ``current``): the
+    skipped results (None: render it), and the options to render the rest with. If the listing
+    fails, each render looks for itself and reports its own error."""
+    try:
+        found = await asyncio.to_thread(current, ctx["storage"], requests, options)
+    except (RenderError, UnsafePathError):
+        return [None] * len(requests), options
+    return found, dataclasses.replace(options, skip_current_since=None, skip_existing=False)
+
+
 @handles(RENDER_BATCH)
 async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     """Re-render a batch of a bulk run, below every upload in the pool's order.
@@ -130,18 +145,28 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     crash skips what it finished); failures are per image: a permanent one is dead-lettered
     alone, transient ones go back as a smaller batch with backoff."""
     settings: Settings = ctx["settings"]
-    items = list(zip(payload.image_ids, payload.filenames, payload.exts, strict=False))
-    if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts):
-        raise PermanentError("image_ids, filenames and exts differ in length", kind="InvalidPayloadError")
+    public = payload.public if payload.public is not None else [True] * len(payload.image_ids)
+    items = list(zip(payload.image_ids, payload.filenames, payload.exts, public, strict=False))
+    if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts) == len(public):
+        raise PermanentError(
+            "image_ids, filenames, exts and public differ in length", kind="InvalidPayloadError"
+        )
     run = BulkRun(ctx["redis"], settings.namespace, payload.run_id)
-    unfinished = await run.unfinished([image_id for image_id, _, _ in items])
+    unfinished = await run.unfinished([item[0] for item in items])
     await refuse_other_settings(run, payload, settings, sorted(unfinished))
     todo = [item for item in items if item[0] in unfinished]
     options = render_options(settings, payload.variants, payload.mode, ctx.get("settings_since"))
+    requests = [RenderRequest(*item) for item in todo]
+    skipped, options = await skip_current(ctx, requests, options)
     backend: RenderBackend = ctx["backend"]
-    results = await backend.render_batch(
-        [RenderRequest(*item) for item in todo], options=options, priority=Priority.BULK
+    rendered = iter(
+        await backend.render_batch(
+            [r for r, skip in zip(requests, skipped, strict=True) if skip is None],
+            options=options,
+            priority=Priority.BULK,
+        )
     )
+    results = [skip or next(rendered) for skip in skipped]
 
     def gives_up(result: RenderResult) -> bool:
         return (
@@ -151,17 +176,25 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
         )
 
     counts = dict.fromkeys(("rendered", "skipped", "failed", "retried"), 0)
-    again: list[tuple[int, str, str]] = []
+    again: list[tuple[int, str, str, bool]] = []
     for item, result in zip(todo, results, strict=True):
-        image_id, filename, ext = item
+        image_id, filename, ext, in_public = item
         # A failed medium leaves the thumbnail; a skip reports what is on disk, so its flags settle too.
         if result.outputs and payload.with_db:
-            await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=gives_up(result))
+            location = r2_location(settings, in_public) if result.ok and not result.skipped else None
+            await queue_follow_ups(
+                ctx["fleet"], result, payload.reindex, last_try=gives_up(result), r2_location=location
+            )
         if result.ok:
             outcome = "skipped" if result.skipped else "rendered"
         elif gives_up(result):
             one = dataclasses.replace(
-                payload, image_ids=[image_id], filenames=[filename], exts=[ext], attempt=1
+                payload,
+                image_ids=[image_id],
+                filenames=[filename],
+                exts=[ext],
+                public=None if payload.public is None else [in_public],
+                attempt=1,
             )
             await dead_letter(
                 ctx,
@@ -181,9 +214,10 @@ async def render_batch(ctx: Context, payload: RenderBatch) -> dict[str, int]:
     if again:
         retry = dataclasses.replace(
             payload,
-            image_ids=[i for i, _, _ in again],
-            filenames=[f for _, f, _ in again],
-            exts=[e for _, _, e in again],
+            image_ids=[item[0] for item in again],
+            filenames=[item[1] for item in again],
+            exts=[item[2] for item in again],
+            public=None if payload.public is None else [item[3] for item in again],
             attempt=payload.attempt + 1,
             # Render them whatever is on disk: a medium that failed alone has no file, which
             # the skip check would read as "not needed" next to a current thumbnail.

@@ -29,6 +29,7 @@ class SharedPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.backend: ProcessPoolBackend | None = None
+        self.storage = render_storage(settings)
         self.users = 0
         self._starting = asyncio.Lock()
 
@@ -37,6 +38,7 @@ class SharedPool:
             await self._start()
         self.users += 1
         ctx["backend"] = self.backend
+        ctx["storage"] = self.storage  # a bulk batch's skip check reads it from this process
         ctx["stats"].pool_size = self.backend.size if self.backend else None  # beaten with the heartbeat
         ctx["settings_since"] = await settings_since(ctx["redis"], self.settings)
 
@@ -44,7 +46,7 @@ class SharedPool:
         settings = self.settings
         if self.backend is None:
             options = render_options(settings)
-            storage = render_storage(settings)
+            storage = self.storage
             if isinstance(storage, Path):  # a bucket has no temp files: each output is one PUT
                 remove_stale_temps(storage, [v.folder for v in options.variants])
             self.backend = ProcessPoolBackend(

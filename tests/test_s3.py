@@ -7,6 +7,7 @@ started by the test, with signed requests from obstore as against R2 or MinIO.
 from __future__ import annotations
 
 import asyncio
+import collections
 import signal
 import socket
 import time
@@ -18,15 +19,17 @@ from typing import Any
 import obstore
 import pytest
 import pyvips
+from arq.jobs import Job
 
 from bench.s3 import MotoServer, moto_server, new_bucket
-from fleet import health
+from fleet import health, serializer
+from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
 from fleet.db import create_engine, create_schema
 from fleet.db import images as images_table
-from fleet.errors import JobFailedError
+from fleet.errors import FleetError, JobFailedError
 from fleet.processes import start_worker, wait_healthy
-from fleet.registry import Queue
+from fleet.registry import Queue, queue_key
 from fleet.services import free_port
 from fleet.settings import Settings
 from imgworker.config import render_options, render_storage
@@ -38,6 +41,7 @@ from tests import images
 from tests.board import add_images, row
 from tests.conftest import running_worker
 from tests.iqdb_server import IqdbServer, fake_hash
+from tests.test_bulk import counting
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +241,70 @@ async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_los
         assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".webp")]
 
 
+async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_bulk_run_loses_nothing(
+    bucket: ObjectStore, settings: Settings, client: FleetClient, tmp_path: Path
+) -> None:
+    """The "done when", bulk half: the same two workers through a bulk run from the bucket's
+    prefix, one SIGKILLed while it holds bulk batches; the run counts every image, every
+    output is there once and whole, and nothing else is."""
+    names = [
+        upload_original(
+            bucket, tmp_path / "src", f"2025-04-01-{i:02d}.png", images.pattern(2400, 2000, seed=i)
+        )
+        for i in range(16)
+    ]
+    shared = in_bucket(settings, bucket).replace(
+        img_pool_size=1,
+        bulk_batch_size=2,
+        bulk_max_jobs=2,
+        lock_ttl_s=2.0,
+        health_interval_s=0.5,  # beats every 0.25 s: the test sees when the victim holds jobs
+    )
+    scratch = [tmp_path / "a", tmp_path / "b"]
+    victim = start_worker(["img"], shared.replace(storage_path=scratch[0]))
+    other = start_worker(["img"], shared.replace(storage_path=scratch[1]))
+    queue = queue_key(shared.namespace, Queue.IMG_BULK)
+    try:
+        await wait_healthy(client, Queue.IMG_BULK)
+        feeding = asyncio.create_task(
+            rethumb(client.redis, shared, Selection(from_prefix="fullsize/"), poll_s=0.05)
+        )
+        victim_replica = f"{socket.gethostname()}:{victim.pid}"
+
+        async def victim_busy_after_a_render() -> bool:  # it holds batches: they must run again
+            [info] = await health.beats(client.redis, shared, Queue.IMG_BULK, [victim_replica])
+            return any(key.startswith("thumbs/") for key in keys(bucket)) and info.get("running", 0) > 0
+
+        await wait_for(victim_busy_after_a_render)
+        held = [job_id.decode() for job_id in await client.redis.zrange(queue, 0, -1)]  # running ones too
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        summary = await asyncio.wait_for(feeding, 240)
+        tries = [
+            info.job_try
+            for job_id in held
+            if (info := await Job(job_id, client.redis, _deserializer=serializer.deserialize).result_info())
+        ]
+    finally:
+        for proc in (victim, other):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    assert (summary.total, summary.failed) == (16, 0)
+    assert summary.rendered + summary.skipped == 16  # every image counted once
+    assert max(tries) >= 2  # the killed worker's batches ran again on the other
+    expected = {f"{folder}/{f}.{e}" for f, e in names for folder in ("fullsize", "medium", "large")}
+    expected |= {f"thumbs/{f}.webp" for f, _ in names}
+    stored = keys(bucket)
+    assert set(stored) == expected  # every output, and no temp or partial object besides
+    for key, size in stored.items():
+        data = read(bucket, key)
+        assert len(data) == size
+        whole_image(data)
+    for folder in scratch:  # nothing rendered went to a local folder
+        assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".webp")]
+
+
 def test_the_pixel_cap_is_checked_from_the_header_of_the_bytes_read(
     bucket: ObjectStore, tmp_path: Path, settings: Settings
 ) -> None:
@@ -390,3 +458,156 @@ def test_the_boards_two_buckets_need_both_names() -> None:
         {"STORAGE_URL": "r2://", "R2_PUBLIC_BUCKET": "pub-images", "R2_PRIVATE_BUCKET": "priv-images"}
     )
     assert (both.r2_public_bucket, both.r2_private_bucket) == ("pub-images", "priv-images")
+
+
+# --- bulk runs over a bucket -----------------------------------------------------------------------
+
+
+def originals_read(moto: MotoServer, bucket: ObjectStore, since: int) -> list[str]:
+    """The originals GET (read) from ``bucket`` after request number ``since``."""
+    return [
+        path
+        for method, path in moto.requests(bucket.config.bucket)[since:]
+        if method == "GET" and path.startswith(f"/{bucket.config.bucket}/fullsize/")
+    ]
+
+
+async def test_a_prefix_run_renders_each_original_once_and_a_second_run_reads_none(
+    moto: MotoServer, bucket: ObjectStore, settings: Settings, tmp_path: Path
+) -> None:
+    """``--from-prefix fullsize/``: every original rendered once; a second run finds every output
+    current from listings alone (no original read, no HEAD); new render settings render again."""
+    sizes = [(300, 200), (900, 700), (1600, 1200), (2400, 1800), (700, 2600)] * 2
+    names = [
+        upload_original(
+            bucket, tmp_path / "src", f"2025-02-0{i % 3 + 1}-{i}.png", images.pattern(w, h, seed=i)
+        )
+        for i, (w, h) in enumerate(sizes, start=1)
+    ]
+    shared = in_bucket(settings, bucket).replace(bulk_batch_size=4, bulk_max_jobs=2)
+    prefix = Selection(from_prefix="fullsize/")
+    renders: collections.Counter[int] = collections.Counter()
+    async with await FleetClient.connect(shared) as client:
+        before = len(moto.requests(bucket.config.bucket))
+        async with running_worker(counting(img_worker_settings(shared), renders)):
+            first = await rethumb(client.redis, shared, prefix, poll_s=0.05)
+        assert (first.total, first.rendered, first.skipped, first.failed) == (10, 10, 0, 0)
+        assert sorted(renders.values()) == [1] * 10  # one render of each listed position
+        assert sorted(originals_read(moto, bucket, before)) == sorted(
+            f"/{bucket.config.bucket}/fullsize/{f}.{e}" for f, e in names
+        )
+        stored = keys(bucket)
+        assert {f"thumbs/{f}.webp" for f, _ in names} <= set(stored)
+        assert f"large/{names[3][0]}.png" in stored and f"medium/{names[0][0]}.png" not in stored
+
+        # The same run again, its state expired: every output is current by the listings.
+        await BulkRun(client.redis, shared.namespace, prefix.run_id(shared)).delete()
+        before = len(moto.requests(bucket.config.bucket))
+        async with running_worker(counting(img_worker_settings(shared), renders)):
+            second = await rethumb(client.redis, shared, prefix, poll_s=0.05)
+            missing = await rethumb(client.redis, shared, Selection(from_prefix="fullsize/", mode="missing"))
+        made = moto.requests(bucket.config.bucket)[before:]
+        assert (second.skipped, second.rendered, missing.skipped, missing.rendered) == (10, 0, 10, 0)
+        assert sorted(renders.values()) == [1] * 10  # nothing went to the render pool
+        assert originals_read(moto, bucket, before) == []
+        assert {method for method, _ in made} == {"GET"}  # listings only: no HEAD, PUT or DELETE
+        # A listing per folder a batch looks at (3 batches of 4 in each run), and the feeder's.
+        assert len(made) <= 2 * (3 * 5 + 1), made
+
+        changed = shared.replace(thumb_width=300, thumb_height=300)
+        async with running_worker(counting(img_worker_settings(changed), renders)):
+            third = await rethumb(client.redis, changed, prefix, poll_s=0.05)
+    assert (third.rendered, third.skipped) == (10, 0)
+    assert sorted(renders.values()) == [2] * 10
+    thumb = whole_image(read(bucket, f"thumbs/{names[2][0]}.webp"))
+    assert (thumb.width, thumb.height) == (300, 225)
+
+
+async def test_a_prefix_run_refuses_to_resume_over_a_changed_listing(
+    bucket: ObjectStore, settings: Settings, client: FleetClient, tmp_path: Path
+) -> None:
+    for i in range(6):
+        upload_original(bucket, tmp_path / "src", f"2025-03-01-{i}.png", images.pattern(300, 200, seed=i))
+    shared = in_bucket(settings, bucket).replace(bulk_max_queued=2, bulk_batch_size=2)
+    selection = Selection(from_prefix="fullsize/2025-03-")
+    run = BulkRun(client.redis, shared.namespace, selection.run_id(shared))
+    feeding = asyncio.create_task(rethumb(client.redis, shared, selection, poll_s=0.05))  # no worker
+
+    async def topped_up() -> bool:
+        return int((await run.state()).get("fed", 0)) >= 2
+
+    await wait_for(topped_up, 30)
+    feeding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await feeding
+    assert int((await run.state())["total"]) == 6
+    upload_original(bucket, tmp_path / "src", "2025-03-01-10.png", images.pattern(300, 200))
+    with pytest.raises(FleetError, match=r"fullsize/2025-03- changed since run .* --force"):
+        await rethumb(client.redis, shared, selection, resume=True, poll_s=0.05)
+
+
+async def test_a_prefix_needs_a_bucket_and_the_originals_folder(
+    settings: Settings, bucket: ObjectStore, client: FleetClient
+) -> None:
+    with pytest.raises(FleetError, match=r"STORAGE_URL is not one .* --from-dir"):
+        await rethumb(client.redis, settings, Selection(from_prefix="fullsize/"))
+    with pytest.raises(FleetError, match=r"not under fullsize/"):
+        await rethumb(client.redis, in_bucket(settings, bucket), Selection(from_prefix="thumbs/"))
+
+
+async def test_the_boards_two_buckets_in_a_bulk_run_each_image_rendered_in_its_own(
+    s3_endpoint: str, settings: Settings, tmp_path: Path, board_sqlite: str
+) -> None:
+    """r2://: a prefix run lists both buckets and renders each original in the one it was
+    listed in; a run over the ``images`` table renders each in the one its status chooses
+    and sets r2_location."""
+    public = new_bucket(s3_endpoint, f"pub-{uuid.uuid4().hex[:12]}")
+    private = new_bucket(s3_endpoint, f"priv-{uuid.uuid4().hex[:12]}")
+    statuses = {1: 1, 2: -1, 3: 0, 4: -4, 5: 2}  # image id -> status
+    engine = create_engine(Settings(database_url=board_sqlite))
+    for image_id, status in statuses.items():
+        await add_images(engine, image_id, status=status, ext="png")
+    homes = {i: public if s in (1, 2, -1) else private for i, s in statuses.items()}
+    for image_id, home in homes.items():
+        upload_original(
+            home, tmp_path / "src", f"2025-01-01-{image_id}.png", images.pattern(1500, 900, seed=image_id)
+        )
+    board = settings.replace(
+        storage_url="r2://",
+        r2_public_bucket=public.config.bucket,
+        r2_private_bucket=private.config.bucket,
+        r2_endpoint=s3_endpoint,
+        storage_region="us-east-1",
+        r2_access_key_id="test",
+        r2_secret_access_key="test",
+        database_url=board_sqlite,
+    )
+
+    def placed() -> None:
+        for image_id, home in homes.items():
+            other = private if home is public else public
+            thumb, medium = f"thumbs/2025-01-01-{image_id}.webp", f"medium/2025-01-01-{image_id}.png"
+            assert {thumb, medium} <= set(keys(home))
+            assert not [key for key in keys(other) if key.endswith(f"-{image_id}.webp")]
+
+    async with await FleetClient.connect(board) as client:
+        async with running_worker(img_worker_settings(board)):
+            listed = await rethumb(client.redis, board, Selection(from_prefix="fullsize/"), poll_s=0.05)
+        assert (listed.total, listed.rendered, listed.failed) == (5, 5, 0)
+        placed()
+        for home in (public, private):  # outputs gone: the table run must make them again
+            obstore.delete(home.client, [k for k in keys(home) if not k.startswith("fullsize/")])
+        async with running_worker(img_worker_settings(board), db_worker_settings(board)):
+            from_table = await rethumb(client.redis, board, Selection(), engine=engine, poll_s=0.05)
+
+            async def located() -> bool:
+                found = [await row(engine, images_table, image_id=i) for i in statuses]
+                return all(r["r2_location"] != 0 for r in found)
+
+            await wait_for(located, 60)
+    assert (from_table.total, from_table.rendered, from_table.failed) == (5, 5, 0)
+    placed()
+    for image_id, home in homes.items():
+        found = await row(engine, images_table, image_id=image_id)
+        assert found["r2_location"] == (1 if home is public else 2)
+    await engine.dispose()

@@ -10,7 +10,7 @@ from imgworker.render.options import (
     VariantStatus,
     default_options,
 )
-from imgworker.render.pipeline import render
+from imgworker.render.pipeline import current, render
 
 __all__ = [
     "Output",
@@ -20,6 +20,7 @@ __all__ = [
     "RenderResult",
     "Variant",
     "VariantStatus",
+    "current",
     "default_options",
     "render",
 ]

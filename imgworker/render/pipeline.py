@@ -9,6 +9,7 @@ instead of decoding the original three times.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyvips
@@ -24,7 +25,7 @@ from imgworker.render.options import (
     Variant,
     VariantStatus,
 )
-from imgworker.render.storage import Store, Where
+from imgworker.render.storage import Listed, Name, Store, Where
 
 COMPARED = frozenset({"iqdb"})
 """Variants whose ``changed`` is found out, not assumed: the light worker re-indexes IQDB only
@@ -39,10 +40,10 @@ def render(where: Where, request: RenderRequest, options: RenderOptions) -> Rend
     started = time.perf_counter()
     file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
     try:
+        [skipped] = current(where, [request], options)  # nothing to look up without a skip mode
+        if skipped is not None:
+            return skipped
         outputs = _render(storage.store_for(where, request.public), request, options)
-    except _AlreadyCurrent as current:
-        seconds = time.perf_counter() - started
-        return RenderResult(request.image_id, file, True, current.outputs, skipped=True, seconds=seconds)
     except (RenderError, UnsafePathError) as exc:
         error: Exception = exc
     except pyvips.Error as exc:
@@ -90,21 +91,24 @@ def _render(root: Store, request: RenderRequest, options: RenderOptions) -> dict
     original = root.original(request.filename, request.ext)  # one read (one GET from a bucket)
     header = steps.inspect(original.source, options.max_pixels, options.decode_budget_mb)
     wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
-    current = _current(root, request, wanted, original.modified, options)
-    if current is not None:
-        raise _AlreadyCurrent(_on_disk(request, current, options))
-    outputs = _drop(root, [v for v in options.variants if v not in wanted], request)
-    if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
-        return outputs
-    resized = _cascade(original.source, header, wanted, options)
-    # The thumbnail side first: it is what every page shows, and it depends on nothing else.
-    for variant in sorted(wanted, key=lambda v: not v.always):
-        image = resized[variant.name]
-        if variant.always:  # the thumbnail failing fails the whole render
-            outputs[variant.name] = _write_variant(root, request, variant, image, original.size)
-        else:
-            outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.size)
-    return outputs
+    outputs: dict[str, Output] = {}
+    if wanted:  # none: e.g. a bulk run of medium only, over an original smaller than medium
+        resized = _cascade(original.source, header, wanted, options)
+        # The thumbnail side first: it is what every page shows, and it depends on nothing else.
+        for variant in sorted(wanted, key=lambda v: not v.always):
+            image = resized[variant.name]
+            if variant.always:  # the thumbnail failing fails the whole render
+                outputs[variant.name] = _write_variant(root, request, variant, image, original.size)
+            else:
+                outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.size)
+    # Not wanted, or no smaller than the original: NONE, their stale files removed together.
+    dropped = [v for v in options.variants if v.name not in outputs or _none(outputs[v.name])]
+    return outputs | _drop(root, dropped, request)
+
+
+def _none(output: Output) -> bool:
+    """Made, but not kept: no smaller than the original (a failure is not that)."""
+    return output.status is VariantStatus.NONE and not output.failed
 
 
 def _cascade(
@@ -134,46 +138,90 @@ def _cascade(
     return resized
 
 
-class _AlreadyCurrent(Exception):
-    def __init__(self, outputs: dict[str, Output]) -> None:
-        super().__init__("outputs already current")
-        self.outputs = outputs
+def current(
+    where: Where, requests: Sequence[RenderRequest], options: RenderOptions
+) -> list[RenderResult | None]:
+    """A bulk run's cheap skip, before anything is read: for each request, a skipped result
+    when every output it needs exists (and, unless only existence counts, is newer than both
+    its original and the current settings), or None: render it.
+
+    Only names, sizes and times are looked at: one listing per folder of each bucket (a stat
+    per file in a folder), however many requests. Without the original's header, a medium or
+    large counts as needed when it exists (then it must be current) and as NONE when it does
+    not, as a render of current settings leaves them."""
+    if options.skip_current_since is None and not options.skip_existing:
+        return [None] * len(requests)
+    started = time.perf_counter()
+    results: list[RenderResult | None] = [None] * len(requests)
+    by_store: dict[bool, list[int]] = {}  # the board's two buckets: private ones apart
+    for index, request in enumerate(requests):
+        by_store.setdefault(isinstance(where, storage.StatusBuckets) and not request.public, []).append(index)
+    for indexes in by_store.values():
+        chosen = [requests[i] for i in indexes]
+        root = storage.store_for(where, chosen[0].public)
+        originals = (
+            {}
+            if options.skip_existing
+            else root.listed(storage.ORIGINALS, [(r.filename, r.ext) for r in chosen])
+        )
+        outputs = {
+            v.name: root.listed(v.folder, [(r.filename, v.ext(r.ext)) for r in chosen])
+            for v in options.variants
+        }
+        for index, request in zip(indexes, chosen, strict=True):
+            found = _current(request, originals, outputs, options)
+            if found is not None:
+                file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
+                results[index] = RenderResult(
+                    request.image_id, file, True, _on_disk(request, found, options), skipped=True
+                )
+    seconds = (time.perf_counter() - started) / len(requests) if requests else 0.0
+    for result in results:
+        if result is not None:
+            result.seconds = seconds
+    return results
 
 
-def _on_disk(
-    request: RenderRequest, found: dict[str, float | None], options: RenderOptions
-) -> dict[str, Output]:
-    """A skipped original's outputs as they are on disk, unchanged (nothing is encoded): the
+def _current(
+    request: RenderRequest,
+    originals: dict[Name, Listed],
+    outputs: dict[str, dict[Name, Listed]],
+    options: RenderOptions,
+) -> dict[str, Listed] | None:
+    """The outputs found for ``request`` when they are all current (see :func:`current`), else None."""
+    since = 0.0
+    if not options.skip_existing:
+        original = originals.get((request.filename, request.ext))
+        if original is None:  # rendering it says what is wrong
+            return None
+        since = max(original.modified, options.skip_current_since or 0.0)
+    found: dict[str, Listed] = {}
+    for variant in options.variants:
+        listed = outputs[variant.name].get((request.filename, variant.ext(request.ext)))
+        if listed is None:
+            if variant.always:
+                return None
+            continue  # a medium/large that was NONE (not smaller than the original) has no file
+        if listed.modified < since or not listed.size:
+            return None
+        found[variant.name] = listed
+    return found
+
+
+def _on_disk(request: RenderRequest, found: dict[str, Listed], options: RenderOptions) -> dict[str, Output]:
+    """A skipped original's outputs as they are stored, unchanged (nothing is encoded): the
     board's flags are still settled from them (a file there is READY, none is NONE), and IQDB
     is only told by the reindex rule, since the thumbnail's bytes did not change."""
     outputs: dict[str, Output] = {}
     for variant in options.variants:
-        if found.get(variant.name) is not None:
+        if variant.name in found:
             relative = f"{variant.folder}/{request.filename}.{variant.ext(request.ext)}"
-            outputs[variant.name] = Output(variant.name, VariantStatus.READY, relative, changed=False)
+            outputs[variant.name] = Output(
+                variant.name, VariantStatus.READY, relative, bytes=found[variant.name].size, changed=False
+            )
         else:
             outputs[variant.name] = Output(variant.name, VariantStatus.NONE)
     return outputs
-
-
-def _current(
-    root: Store, request: RenderRequest, wanted: list[Variant], original_mtime: float, options: RenderOptions
-) -> dict[str, float | None] | None:
-    """When every wanted output exists (and, unless only existence counts, is newer than both
-    the original and the current settings): the time of each (None: a medium or large that has
-    none). None when the original must be rendered. Costs one stat (a HEAD) per wanted output."""
-    if options.skip_current_since is None and not options.skip_existing:
-        return None
-    since = 0.0 if options.skip_existing else max(original_mtime, options.skip_current_since or 0.0)
-    found: dict[str, float | None] = {}
-    for variant in wanted:
-        mtime = root.modified(variant.folder, request.filename, variant.ext(request.ext))
-        if mtime is None and variant.always:
-            return None
-        if mtime is not None and mtime < since:  # no medium/large file: it was NONE
-            return None
-        found[variant.name] = mtime
-    return found
 
 
 def _write_variant(
@@ -186,7 +234,7 @@ def _write_variant(
         image = steps.sharpen(image)
     data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
     if not variant.always and len(data) >= original_bytes:
-        return _drop(root, [variant], request)[variant.name]  # no smaller: serve the original
+        return Output(variant.name, VariantStatus.NONE)  # no smaller: the original is served
     ext = variant.ext(request.ext)
     changed = root.put(variant.folder, request.filename, ext, data, compare=variant.name in COMPARED)
     return Output(

@@ -97,9 +97,21 @@ class Original:
     """An original as read for one render: a file (decoded from disk) or the bytes of one GET."""
 
     source: Path | bytes
-    modified: float
-    """Seconds since the epoch: outputs older than this are stale."""
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A file's or object's size and time, as a directory read or a bucket listing gives them:
+    enough to tell whether an output is current without reading it (or its original)."""
+
+    size: int
+    modified: float
+    """Seconds since the epoch (a bucket's own clock, to the second on S3 and R2)."""
+
+
+Name = tuple[str, str]
+"""A stored name: (filename, ext)."""
 
 
 class Store(Protocol):
@@ -108,8 +120,9 @@ class Store(Protocol):
 
     def original(self, filename: str, ext: str) -> Original: ...
 
-    def modified(self, folder: str, filename: str, ext: str) -> float | None:
-        """When the output was last written; None when there is none."""
+    def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
+        """Those of ``folder/{filename}.{ext}`` that exist, with size and time; a name that is
+        not a safe stored name counts as absent (rendering it reports why)."""
         ...
 
     def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
@@ -130,15 +143,16 @@ class LocalStore:
 
     def original(self, filename: str, ext: str) -> Original:
         path = original_path(self.root, filename, ext)
-        stat = path.stat()
-        return Original(path, stat.st_mtime, stat.st_size)
+        return Original(path, path.stat().st_size)
 
-    def modified(self, folder: str, filename: str, ext: str) -> float | None:
-        path = output_path(self.root, folder, filename, ext, create=False)
-        try:
-            return path.stat().st_mtime
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
+        """One stat per name."""
+        found: dict[Name, Listed] = {}
+        for filename, ext in names:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, UnsafePathError):
+                stat = output_path(self.root, folder, filename, ext, create=False).stat()
+                found[(filename, ext)] = Listed(stat.st_size, stat.st_mtime)
+        return found
 
     def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
         """Always compared: reading a local file back costs no request."""
@@ -199,21 +213,32 @@ class ObjectStore:
             raise MissingOriginalError(f"original {key} is not in bucket {self.config.bucket}") from exc
         except Exception as exc:
             raise self._error("read", key, exc) from exc
-        return Original(data, result.meta["last_modified"].timestamp(), len(data))
+        return Original(data, len(data))
 
-    def modified(self, folder: str, filename: str, ext: str) -> float | None:
+    def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
+        """One listing of the key range the names span (a request per 1,000 keys in it), not a
+        HEAD per object. Names of one bulk batch are near each other in key order: a folder
+        listing's are consecutive, the board's ``{date}-{id}`` names of nearby ids share a date."""
         import obstore
 
-        key = self.key(folder, filename, ext)
-        try:
-            meta = obstore.head(self.client, key)
-        except FileNotFoundError as exc:
-            if NO_BUCKET in str(exc):
-                raise self._error("look up", key, exc) from exc
-            return None
+        wanted: dict[str, Name] = {}
+        for filename, ext in names:
+            with contextlib.suppress(UnsafePathError):
+                wanted[self.key(folder, filename, ext)] = (filename, ext)
+        found: dict[Name, Listed] = {}
+        if not wanted:
+            return found
+        first, last = min(wanted), max(wanted)
+        try:  # listed after ``offset``: a key one character shorter comes just before the first
+            for page in obstore.list(self.client, folder, offset=first[:-1], chunk_size=1000):
+                for meta in page:
+                    if meta["path"] > last:
+                        return found
+                    if (name := wanted.get(meta["path"])) is not None:
+                        found[name] = Listed(int(meta["size"]), meta["last_modified"].timestamp())
         except Exception as exc:
-            raise self._error("look up", key, exc) from exc
-        return float(meta["last_modified"].timestamp())
+            raise self._error("list", f"{folder}/", exc) from exc
+        return found
 
     def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
         """One PUT (and, to ``compare``, a HEAD before it). An object already holding ``data``
