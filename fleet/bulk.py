@@ -409,6 +409,12 @@ async def _enqueue_batches(
         pipe.hincrby(run.key, "fed", sum(len(b.image_ids) for b in batches))
         pipe.expire(run.key, run.ttl_s)
         await pipe.execute()
+    replicas = settings.confirm_replicas
+    if replicas and await wake.nudge(redis, queue, replicas, settings.enqueue_wait_s) < replicas:
+        raise FleetError(
+            f"batches queued, but not held by {replicas} replicas after {settings.enqueue_wait_s:g} s "
+            f"(ENQUEUE_REPLICAS): run {run.run_id} is kept; --resume goes on from what Redis holds"
+        )
 
 
 async def rethumb(
