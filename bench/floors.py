@@ -11,6 +11,10 @@ FLOORS: dict[str, float] = {
     "efficiency": 0.80,  # fleet end to end / the same renders on a direct pool
     "cascade_speedup": 1.2,  # three independent renders / one-decode cascade
     "pillow_speedup": 1.3,  # Pillow LANCZOS / cascade
+    # bucket / folder, moto serving the bucket on the same cores: 0.88 measured at 3.4 requests
+    # per render with moto taking ~10 % of the pool's CPU; 0.59-0.72 with the HEAD before every
+    # PUT (5.5 requests per render), which this floor catches.
+    "s3_ratio": 0.80,
 }
 
 # Full-mode targets: reported as met or missed, with the measured value.

@@ -34,7 +34,10 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
 
 def below_floors(results: dict[str, Any]) -> list[str]:
     values = headline(results)
-    return [f"{k} = {values[k]} < floor {floor}" for k, floor in FLOORS.items() if values[k] < floor]
+    missing = [f"{k} not measured (floor {floor})" for k, floor in FLOORS.items() if k not in values]
+    return missing + [
+        f"{k} = {values[k]} < floor {floor}" for k, floor in FLOORS.items() if values.get(k, floor) < floor
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
