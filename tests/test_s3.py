@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -185,124 +187,108 @@ async def wait_for(predicate: Any, timeout_s: float = 120) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_loses_nothing(
-    bucket: ObjectStore, settings: Settings, client: FleetClient, tmp_path: Path
-) -> None:
-    """The issue's "done when": two img workers with their own scratch folders and one bucket,
-    one SIGKILLed mid-batch; every output is there once, whole, and nothing else is."""
-    names = [
-        upload_original(bucket, tmp_path / "src", f"{i:02d}.png", images.pattern(2400, 2000, seed=i))
+def sixteen_originals(bucket: ObjectStore, tmp_path: Path, prefix: str) -> list[tuple[str, str]]:
+    """Big enough for every variant, slow enough to render that a worker is caught holding jobs."""
+    return [
+        upload_original(bucket, tmp_path / "src", f"{prefix}{i:02d}.png", images.pattern(2400, 2000, seed=i))
         for i in range(16)
     ]
+
+
+@contextlib.contextmanager
+def two_img_workers(settings: Settings, scratch: list[Path]) -> Iterator[subprocess.Popen[bytes]]:
+    """Two img worker processes on ``settings``, each with its own scratch folder (STORAGE_PATH)
+    and nothing shared but Redis and the bucket; yields the first, the one to kill."""
     shared = settings.replace(
-        storage_url=f"s3://{bucket.config.bucket}",
-        r2_endpoint=bucket.config.endpoint,
-        storage_region="us-east-1",
-        r2_access_key_id="test",
-        r2_secret_access_key="test",
         img_pool_size=1,
         lock_ttl_s=2.0,
         health_interval_s=0.5,  # beats every 0.25 s: the test sees when the victim holds jobs
     )
-    scratch = [tmp_path / "a", tmp_path / "b"]
-    victim = start_worker(["img"], shared.replace(storage_path=scratch[0]))
-    other = start_worker(["img"], shared.replace(storage_path=scratch[1]))
+    processes = [start_worker(["img"], shared.replace(storage_path=folder)) for folder in scratch]
     try:
-        await wait_healthy(client, Queue.IMG)
-        jobs = [await client.render_upload(i + 1, *name) for i, name in enumerate(names)]
-
-        victim_replica = f"{socket.gethostname()}:{victim.pid}"
-
-        async def victim_busy_after_a_render() -> bool:  # it holds jobs: they must run again
-            [info] = await health.beats(client.redis, shared, Queue.IMG, [victim_replica])
-            return any(key.startswith("thumbs/") for key in keys(bucket)) and info.get("running", 0) > 0
-
-        await wait_for(victim_busy_after_a_render)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        results = [await job.result(timeout=180, poll_delay=0.05) for job in jobs]
-        tries = [(await job.result_info()).job_try for job in jobs]
+        yield processes[0]
     finally:
-        for proc in (victim, other):
+        for proc in processes:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
-    assert all(result["ok"] for result in results)
-    assert max(tries) >= 2  # the killed worker's jobs ran again on the other
+
+
+async def kill_once_busy(
+    client: FleetClient, bucket: ObjectStore, queue: Queue, victim: subprocess.Popen[bytes]
+) -> None:
+    """SIGKILL ``victim`` once a thumbnail is in the bucket and it holds jobs of ``queue``: they
+    must run again elsewhere (killing an idle worker would prove nothing)."""
+    replica = f"{socket.gethostname()}:{victim.pid}"
+
+    async def busy_after_a_render() -> bool:
+        [info] = await health.beats(client.redis, client.settings, queue, [replica])
+        return any(key.startswith("thumbs/") for key in keys(bucket)) and info.get("running", 0) > 0
+
+    await wait_for(busy_after_a_render)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+
+def assert_every_output_once(bucket: ObjectStore, names: list[tuple[str, str]], scratch: list[Path]) -> None:
+    """Every output in the bucket once, whole at its listed size, nothing else there (no temp
+    or partial object), and nothing rendered in a local folder."""
     expected = {f"{folder}/{f}.{e}" for f, e in names for folder in ("fullsize", "medium", "large")}
     expected |= {f"thumbs/{f}.webp" for f, _ in names}
     stored = keys(bucket)
-    assert set(stored) == expected  # every output, and no temp or partial object besides
+    assert set(stored) == expected
     for key, size in stored.items():
         data = read(bucket, key)
         assert len(data) == size
         whole_image(data)
-    for folder in scratch:  # nothing rendered went to a local folder
+    for folder in scratch:
         assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".webp")]
 
 
+async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_batch_loses_nothing(
+    bucket: ObjectStore, settings: Settings, tmp_path: Path
+) -> None:
+    """The issue's "done when": two img workers with their own scratch folders and one bucket,
+    one SIGKILLed mid-batch; every output is there once, whole, and nothing else is."""
+    names = sixteen_originals(bucket, tmp_path, "")
+    shared, scratch = in_bucket(settings, bucket), [tmp_path / "a", tmp_path / "b"]
+    async with await FleetClient.connect(shared) as client:
+        with two_img_workers(shared, scratch) as victim:
+            await wait_healthy(client, Queue.IMG)
+            jobs = [await client.render_upload(i + 1, *name) for i, name in enumerate(names)]
+            await kill_once_busy(client, bucket, Queue.IMG, victim)
+            results = [await job.result(timeout=180, poll_delay=0.05) for job in jobs]
+            tries = [(await job.result_info()).job_try for job in jobs]
+    assert all(result["ok"] for result in results)
+    assert max(tries) >= 2  # the killed worker's jobs ran again on the other
+    assert_every_output_once(bucket, names, scratch)
+
+
 async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_bulk_run_loses_nothing(
-    bucket: ObjectStore, settings: Settings, client: FleetClient, tmp_path: Path
+    bucket: ObjectStore, settings: Settings, tmp_path: Path
 ) -> None:
     """The "done when", bulk half: the same two workers through a bulk run from the bucket's
     prefix, one SIGKILLed while it holds bulk batches; the run counts every image, every
     output is there once and whole, and nothing else is."""
-    names = [
-        upload_original(
-            bucket, tmp_path / "src", f"2025-04-01-{i:02d}.png", images.pattern(2400, 2000, seed=i)
-        )
-        for i in range(16)
-    ]
-    shared = in_bucket(settings, bucket).replace(
-        img_pool_size=1,
-        bulk_batch_size=2,
-        bulk_max_jobs=2,
-        lock_ttl_s=2.0,
-        health_interval_s=0.5,  # beats every 0.25 s: the test sees when the victim holds jobs
-    )
+    names = sixteen_originals(bucket, tmp_path, "2025-04-01-")
+    shared = in_bucket(settings, bucket).replace(bulk_batch_size=2, bulk_max_jobs=2)
     scratch = [tmp_path / "a", tmp_path / "b"]
-    victim = start_worker(["img"], shared.replace(storage_path=scratch[0]))
-    other = start_worker(["img"], shared.replace(storage_path=scratch[1]))
     queue = queue_key(shared.namespace, Queue.IMG_BULK)
-    try:
-        await wait_healthy(client, Queue.IMG_BULK)
-        feeding = asyncio.create_task(
-            rethumb(client.redis, shared, Selection(from_prefix="fullsize/"), poll_s=0.05)
-        )
-        victim_replica = f"{socket.gethostname()}:{victim.pid}"
-
-        async def victim_busy_after_a_render() -> bool:  # it holds batches: they must run again
-            [info] = await health.beats(client.redis, shared, Queue.IMG_BULK, [victim_replica])
-            return any(key.startswith("thumbs/") for key in keys(bucket)) and info.get("running", 0) > 0
-
-        await wait_for(victim_busy_after_a_render)
-        held = [job_id.decode() for job_id in await client.redis.zrange(queue, 0, -1)]  # running ones too
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        summary = await asyncio.wait_for(feeding, 240)
-        tries = [
-            info.job_try
-            for job_id in held
-            if (info := await Job(job_id, client.redis, _deserializer=serializer.deserialize).result_info())
-        ]
-    finally:
-        for proc in (victim, other):
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
+    async with await FleetClient.connect(shared) as client:
+        with two_img_workers(shared, scratch) as victim:
+            await wait_healthy(client, Queue.IMG_BULK)
+            run = Selection(from_prefix="fullsize/")
+            feeding = asyncio.create_task(rethumb(client.redis, shared, run, poll_s=0.05))
+            await kill_once_busy(client, bucket, Queue.IMG_BULK, victim)
+            held = [job_id.decode() for job_id in await client.redis.zrange(queue, 0, -1)]  # running too
+            summary = await asyncio.wait_for(feeding, 240)
+            infos = [
+                await Job(j, client.redis, _deserializer=serializer.deserialize).result_info() for j in held
+            ]
     assert (summary.total, summary.failed) == (16, 0)
     assert summary.rendered + summary.skipped == 16  # every image counted once
-    assert max(tries) >= 2  # the killed worker's batches ran again on the other
-    expected = {f"{folder}/{f}.{e}" for f, e in names for folder in ("fullsize", "medium", "large")}
-    expected |= {f"thumbs/{f}.webp" for f, _ in names}
-    stored = keys(bucket)
-    assert set(stored) == expected  # every output, and no temp or partial object besides
-    for key, size in stored.items():
-        data = read(bucket, key)
-        assert len(data) == size
-        whole_image(data)
-    for folder in scratch:  # nothing rendered went to a local folder
-        assert not [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".png", ".webp")]
+    assert max(info.job_try for info in infos if info) >= 2  # the killed worker's batches ran again
+    assert_every_output_once(bucket, names, scratch)
 
 
 def test_the_pixel_cap_is_checked_from_the_header_of_the_bytes_read(
