@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import img, light, report, s3, wakeup
+from bench import gpu, img, light, report, s3, wakeup
 from bench.renderers import ExternalPillow
 from fleet import corpus
 from fleet.services import EmbeddedRedis
@@ -102,6 +102,7 @@ async def collect(mode: str, pillow_simd: str | None = None) -> dict[str, Any]:
         results["per_upload"] = img.per_upload(root, big, settings, sizes["repeat"], simd)
         results["limit"] = img.limit(root, archive + big, settings, sizes["repeat"])
         results["memory"] = img.memory(root, big, settings, sizes["memory_per_kind"])
+        results["thumb_effort"] = gpu.effort_table(root, archive + big)
         results["latency"] = await img.latency_and_enqueue(settings, archive, sizes["uploads"])
         results["cli"] = cli_start(settings, sizes["rounds"] * 3)
     results["light"] = await light.main(sizes["light_jobs"])

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import renderers
 from fleet import corpus, db
+from fleet.board import Folder
 from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.processes import wait_healthy, worker_process
@@ -306,7 +307,7 @@ async def latency_and_enqueue(
     root = settings.storage_path
     upload = corpus.Sample(990_000, "2025-06-01-latency", "jpg", "jpeg", 1600, 1200, 5)
     engine = await board_with_uploads(settings, archive, upload, 2 * uploads)
-    thumb = root / "thumbs" / f"{upload.filename}.webp"
+    thumb = root / Folder.THUMBS / f"{upload.filename}.webp"
 
     async def measure(client: FleetClient, first: int) -> tuple[list[float], list[float]]:
         to_start, to_disk = [], []

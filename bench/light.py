@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fleet import db
+from fleet.board import Folder
 from fleet.client import FleetClient
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
@@ -106,10 +107,10 @@ async def iqdb(settings: Settings, n: int, tmp: Path) -> dict[str, Any]:
     import pyvips
 
     root = tmp / "storage"
-    (root / "iqdb").mkdir(parents=True)
+    (root / Folder.IQDB).mkdir(parents=True)
     thumb = pyvips.Image.perlin(500, 400, cell_size=64).linear(100, 128).cast("uchar").jpegsave_buffer(Q=90)
     for i in range(1, n + 1):
-        (root / "iqdb" / f"x-{i}.jpg").write_bytes(thumb)
+        (root / Folder.IQDB / f"x-{i}.jpg").write_bytes(thumb)
     with IqdbServer() as server:
         async with board("sqlite", tmp) as url:
             settings = settings.replace(
@@ -126,7 +127,7 @@ async def iqdb(settings: Settings, n: int, tmp: Path) -> dict[str, Any]:
                 )
             await engine.dispose()
             async with await FleetClient.connect(settings) as client:
-                jobs = [await client.index_iqdb(i, f"iqdb/x-{i}.jpg") for i in range(1, n + 1)]
+                jobs = [await client.index_iqdb(i, f"{Folder.IQDB}/x-{i}.jpg") for i in range(1, n + 1)]
                 seconds = await drain(iqdb_worker_settings(settings), jobs)
             assert len(server.state.images) == n
         return {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floors import FLOORS, TARGETS
+from bench.gpu import effort_markdown
 
 
 def headline(results: dict[str, Any]) -> dict[str, float]:
@@ -88,6 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
             d = data[kind]
             lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
     tables = _per_kind(upload) + _thumb_profile(lim) + _memory(results.get("memory"))
+    tables += effort_markdown(results.get("thumb_effort"))
     return "\n".join(lines + tables + _wakeup(results.get("wakeup"))) + "\n"
 
 

@@ -25,13 +25,14 @@ import httpx
 
 from bench.img import best_rounds
 from fleet import corpus
+from fleet.board import Folder
 from fleet.objects import BucketConfig, open_bucket
 from fleet.services import free_port
 from fleet.settings import Settings
 from imgworker.backend import ProcessPoolBackend
 from imgworker.config import render_options
 from imgworker.render import RenderRequest
-from imgworker.render.storage import ORIGINALS, LocalStore, ObjectStore, Store
+from imgworker.render.storage import LocalStore, ObjectStore, Store
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def upload_originals(root: Path, bucket: ObjectStore, samples: list[corpus.Sampl
 
     client = open_bucket(bucket.config)
     for s in samples:
-        key = f"{ORIGINALS}/{s.filename}.{s.ext}"
+        key = f"{Folder.ORIGINALS}/{s.filename}.{s.ext}"
         obstore.put(client, key, (root / key).read_bytes(), use_multipart=False)
 
 

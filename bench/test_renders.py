@@ -14,8 +14,10 @@ import pytest
 
 from bench import renderers
 from fleet import corpus
+from fleet.board import Folder
+from fleet.render_settings import RenderSettings
 from imgworker.backend import configure_vips
-from imgworker.render import RenderOptions, RenderRequest, default_options, render
+from imgworker.render import RenderOptions, RenderRequest, options_of, render
 
 KINDS = corpus.KINDS
 
@@ -24,7 +26,7 @@ KINDS = corpus.KINDS
 def uploads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, RenderRequest]]:
     configure_vips()
     root = tmp_path_factory.mktemp("bench")
-    (root / "fullsize").mkdir()
+    (root / Folder.ORIGINALS).mkdir()
     requests = {}
     for i, kind in enumerate(KINDS):
         sample = corpus.Sample(
@@ -35,7 +37,7 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, R
     return root, requests
 
 
-OPTIONS: RenderOptions = default_options()
+OPTIONS: RenderOptions = options_of(RenderSettings())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -56,4 +58,4 @@ def test_independent(benchmark, uploads, kind: str) -> None:  # type: ignore[no-
 def test_pillow(benchmark, uploads, kind: str) -> None:  # type: ignore[no-untyped-def]
     root, requests = uploads
     benchmark(renderers.pillow, root, requests[kind], OPTIONS, root / "pillow")
-    assert (root / "pillow" / "thumbs" / f"{requests[kind].filename}.webp").exists()
+    assert (root / "pillow" / Folder.THUMBS / f"{requests[kind].filename}.webp").exists()

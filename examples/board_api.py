@@ -28,11 +28,11 @@ from datetime import date
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from arq.jobs import Job
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from fleet import db
+from fleet.board import Folder, VariantStatus
 from fleet.client import lifespan as fleet_lifespan
 from fleet.errors import EnqueueError, JobFailedError
 from fleet.services import with_sqlite_default
@@ -107,7 +107,11 @@ async def insert_row(engine: Any, ext: str) -> tuple[int, str]:
     """The image's row, and its stored name (derived names come from it only)."""
     async with engine.begin() as conn:
         image_id = (
-            await conn.execute(sa.insert(db.images).values(filename="", ext=ext, medium=2, large=2))
+            await conn.execute(
+                sa.insert(db.images).values(
+                    filename="", ext=ext, medium=VariantStatus.PENDING, large=VariantStatus.PENDING
+                )
+            )
         ).inserted_primary_key[0]
         filename = f"{date.today():%Y-%m-%d}-{image_id}"
         await conn.execute(
@@ -122,7 +126,7 @@ async def upload(request: Request, file: Annotated[UploadFile, File()]) -> dict[
     if ext not in ALLOWED:
         raise HTTPException(415, f"unsupported extension .{ext}")
     settings, engine, fleet = get_settings(), request.app.state.db, request.app.state.fleet
-    folder = settings.storage_path / "fullsize"
+    folder = settings.storage_path / Folder.ORIGINALS
     folder.mkdir(parents=True, exist_ok=True)
     staged = await stage(file, folder)
     try:
@@ -168,7 +172,7 @@ async def rate(image_id: int, vote: Vote, request: Request) -> dict[str, Any]:
 @app.get("/jobs/{job_id}")
 async def job_status(job_id: str, request: Request) -> dict[str, Any]:
     fleet = request.app.state.fleet
-    job = Job(job_id, fleet.redis, _deserializer=fleet.redis.job_deserializer)
+    job = await fleet.job(job_id)
     status = (await job.status()).value
     answer: dict[str, Any] = {"job_id": job_id, "status": status}
     if status == "complete":

@@ -44,15 +44,17 @@ class R2Location(enum.IntEnum):
     """``images.r2_location``: which bucket holds the image's objects."""
 
     NONE = 0
+    """Not in a bucket yet: the board's finalize job uploads it, and retries while it is NONE."""
     PUBLIC = 1
     PRIVATE = 2
 
 
 class ReviewStatus(enum.IntEnum):
-    """``image_reviews.status``."""
+    """``image_reviews.status``: an OPEN review past its deadline is what the cron settles."""
 
     OPEN = 0
     CLOSED = 1
+    """Closed with its outcome and ``closed_at`` (and ``closed_by`` when a moderator closed it)."""
 
 
 class ReviewOutcome(enum.IntEnum):
@@ -60,12 +62,17 @@ class ReviewOutcome(enum.IntEnum):
 
     PENDING = 0
     KEEP = 1
+    """The image goes back to ACTIVE."""
     REMOVE = 2
+    """The image is DEACTIVATED with the review's reason (INAPPROPRIATE on the seed-era board)."""
     SUPERSEDED = 3
+    """Set only by the board, when a moderator changes the image's status by hand while the
+    review is open; the seed-era board has no such outcome."""
 
 
 class ReviewVote(enum.IntEnum):
-    """``review_votes.vote``."""
+    """``review_votes.vote``, 0 or 1 as the board's API takes it: the keep count is
+    ``SUM(vote)``, so KEEP must stay 1."""
 
     REMOVE = 0
     KEEP = 1
@@ -75,6 +82,7 @@ class DeactivationReason(enum.IntEnum):
     """``reason_category`` of images, reviews and status history."""
 
     INAPPROPRIATE = 1
+    """Also the default of ``image_reviews.reason_category``."""
     LOW_QUALITY = 2
     SPAM = 3
     OTHER = 4
@@ -115,6 +123,8 @@ class Folder(enum.StrEnum):
     THUMBS = "thumbs"
     MEDIUM = "medium"
     LARGE = "large"
+    IQDB = "iqdb"
+    """fleet's own, not the board's: the thumbnail's pixels as JPEG, for danbooru/iqdb."""
 
 
 def utc_now() -> datetime:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -26,16 +27,24 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db, serializer, wake
-from fleet.board import PUBLIC_STATUSES
+from fleet.board import PUBLIC_STATUSES, Folder
 from fleet.errors import FleetError, InvalidPayloadError
+from fleet.keys import (
+    bulk_done_key,
+    bulk_done_pattern,
+    bulk_run_key,
+    job_key,
+    queue_key,
+    render_settings_key,
+)
 from fleet.objects import BucketConfig, bucket_config, bucket_pair, buckets, first_line, open_bucket, refusal
-from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch, queue_key
+from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch
+from fleet.render_settings import settings_differ
 from fleet.settings import Settings
 
 OUTCOMES = ("rendered", "skipped", "failed")
@@ -65,36 +74,9 @@ return 0
 """
 
 
-def render_settings(settings: Settings) -> dict[str, Any]:
-    """What the outputs depend on, by setting name: a change of any of these makes every
-    output stale. Img workers beat it, so the feeder can name the settings that differ."""
-    return {
-        "THUMB_WIDTH": settings.thumb_width, "THUMB_HEIGHT": settings.thumb_height,
-        "THUMB_FORMAT": settings.thumb_format, "THUMB_QUALITY": settings.thumb_quality,
-        "THUMB_SHARPEN": settings.thumb_sharpen, "MEDIUM_EDGE": settings.medium_edge,
-        "LARGE_EDGE": settings.large_edge, "VARIANT_QUALITY": settings.variant_quality,
-        "IQDB_URL set": settings.iqdb_url is not None,
-    }  # fmt: skip
-
-
-def render_fingerprint(settings: Settings) -> str:
-    """A short hash of ``render_settings`` (the same tuple as before it had names, so existing
-    runs and settings times keep their keys)."""
-    return hashlib.sha1(repr(tuple(render_settings(settings).values())).encode()).hexdigest()[:12]
-
-
-def settings_differ(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
-    """The settings two render fingerprints differ in, as ``NAME=here (there)`` pairs."""
-    return ", ".join(
-        f"{name}={ours[name]} here ({theirs.get(name)} there)"
-        for name in ours
-        if theirs.get(name) != ours[name]
-    )
-
-
 async def settings_since(redis: ArqRedis, settings: Settings) -> float:
     """When the current render settings were first used (outputs older than this are stale)."""
-    key = f"{settings.namespace}:render-settings:{render_fingerprint(settings)}"
+    key = render_settings_key(settings.namespace, settings.render.fingerprint())
     await redis.set(key, time.time(), nx=True)
     return float(await redis.get(key))
 
@@ -110,13 +92,13 @@ class BulkRun:
         self.redis = redis
         self.run_id = run_id
         self.ttl_s = ttl_s or Settings().bulk_run_ttl_s
-        self.key = f"{namespace}:rethumb:{run_id}"
+        self.key = bulk_run_key(namespace, run_id)
 
     def done_key(self, image_id: int) -> str:
         """The bitmap block holding ``image_id``'s bit (its offset is the low BLOCK_BITS bits)."""
         if not 0 <= image_id <= MAX_IMAGE_ID:
             raise InvalidPayloadError(f"image id {image_id} is outside 0..{MAX_IMAGE_ID}")
-        return f"{self.key}:done:{image_id >> BLOCK_BITS}"
+        return bulk_done_key(self.key, image_id >> BLOCK_BITS)
 
     async def state(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.key)  # type: ignore[misc]  # redis-py types: sync|async
@@ -143,15 +125,15 @@ class BulkRun:
 
     async def record(self, image_id: int, outcome: str) -> bool:
         """Count ``outcome`` for ``image_id`` unless it already has one; True if counted."""
-        keys = (self.done_key(image_id), self.key)
-        counted = await self.redis.eval(_RECORD, 2, *keys, str(_offset(image_id)), outcome, str(self.ttl_s))  # type: ignore[misc]
+        block, offset = self.done_key(image_id), str(_offset(image_id))
+        counted = await self.redis.eval(_RECORD, 2, block, self.key, offset, outcome, str(self.ttl_s))  # type: ignore[misc]
         return bool(counted)
 
     async def reopen(self, image_id: int, outcome: str = "failed") -> bool:
         """Forget ``image_id``'s recorded ``outcome``, so a batch naming it renders it again
         (``fleet dead retry`` of a bulk image); True if it had one."""
-        keys = (self.done_key(image_id), self.key)
-        reopened = await self.redis.eval(_REOPEN, 2, *keys, str(_offset(image_id)), outcome)  # type: ignore[misc]
+        block, offset = self.done_key(image_id), str(_offset(image_id))
+        reopened = await self.redis.eval(_REOPEN, 2, block, self.key, offset, outcome)  # type: ignore[misc]
         return bool(reopened)
 
     async def processed(self) -> int:
@@ -160,7 +142,8 @@ class BulkRun:
 
     async def keys(self) -> list[str]:
         """Every key of this run (the hash and each bitmap block)."""
-        blocks = [k.decode() async for k in self.redis.scan_iter(match=f"{self.key}:done*", count=1000)]
+        pattern = bulk_done_pattern(self.key)
+        blocks = [k.decode() async for k in self.redis.scan_iter(match=pattern, count=1000)]
         return [self.key, *blocks]
 
     async def delete(self) -> None:
@@ -198,7 +181,7 @@ class Selection:
         described = {
             **asdict(self),
             "from_dir": str(self.from_dir) if self.from_dir else None,
-            "fingerprint": render_fingerprint(settings),
+            "fingerprint": settings.render.fingerprint(),
         }
         if self.from_prefix is None:  # runs from before prefixes keep their ids (and resume)
             del described["from_prefix"]
@@ -278,7 +261,7 @@ async def _originals(config: BucketConfig, prefix: str) -> list[tuple[str, int]]
 
     start = prefix[:-1] if prefix != ORIGINALS_PREFIX else None
     found: list[tuple[str, int]] = []
-    async for page in obstore.list(open_bucket(config), "fullsize", offset=start, chunk_size=1000):
+    async for page in obstore.list(open_bucket(config), Folder.ORIGINALS, offset=start, chunk_size=1000):
         for meta in page:
             key = str(meta["path"])
             if not key.startswith(prefix):
@@ -291,7 +274,7 @@ async def _originals(config: BucketConfig, prefix: str) -> list[tuple[str, int]]
     return found
 
 
-ORIGINALS_PREFIX = "fullsize/"
+ORIGINALS_PREFIX = f"{Folder.ORIGINALS}/"
 """Where workers read originals from, in a folder or a bucket."""
 
 
@@ -365,16 +348,22 @@ class WorkList:
 
 @dataclass
 class Summary:
+    """What ``fleet rethumb`` prints at the end (``--json``: one object, ``extra`` merged in
+    last). ``skipped`` images were already current (with --missing: present); ``failed`` ones
+    were dead-lettered one by one, each with its reason; ``seconds`` and ``images_per_s`` count
+    this call only, not a resumed run's earlier part."""
+
     run_id: str
     total: int = 0
     rendered: int = 0
     skipped: int = 0
     failed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The options the run started with, whether it was resumed, why a worker refused it."""
     seconds: float = 0.0
     images_per_s: float = 0.0
     already_finished: bool = False
     dry_run: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "extra"}
@@ -402,7 +391,7 @@ async def _enqueue_batches(
                 now,
                 serializer=serializer.serialize,
             )
-            pipe.psetex(job_key_prefix + job_id, settings.job_expiry_s * 1000, job)
+            pipe.psetex(job_key(job_id), settings.job_expiry_s * 1000, job)
             pipe.zadd(queue, {job_id: now})
         wake.push(pipe, queue, len(batches))
         pipe.hset(run.key, "cursor", str(batches[-1].image_ids[-1]))
@@ -446,6 +435,31 @@ async def rethumb(
     state = await run.state()
     if dry_run:
         return Summary(run.run_id, total=await work.count(), dry_run=True)
+    if (finished := await _finished_or_refused(work, run, state, resume, force)) is not None:
+        return finished
+    watch = WorkerWatch(redis, settings, wait_for_workers_s, warn)
+    await watch.refuse_other_settings()
+    resuming = bool(state) and not force
+    state = await _open(run, work, selection, state, force)
+    options = _run_options(state, selection)
+    report = _Report(run, watch, progress)
+    counts_at_start = await run.processed()
+    two_buckets = bucket_pair(settings) is not None
+    batch = functools.partial(
+        _batch, run.run_id, selection, options, settings.render.fingerprint(), two_buckets
+    )
+    await _feed(redis, settings, run, work, int(state["cursor"]), batch, report, poll_s)
+    while (await report())[1] < int(state["total"]):
+        await asyncio.sleep(poll_s)
+    await report(final=True)
+    return await _close(run, report.started, counts_at_start, options, resuming)
+
+
+async def _finished_or_refused(
+    work: WorkList, run: BulkRun, state: dict[str, str], resume: bool, force: bool
+) -> Summary | None:
+    """The summary of a run already finished; a FleetError for an interrupted one that is
+    neither resumed nor forced; None to go on."""
     if state and not force:
         await _check_unchanged(work, run, state)
     if state.get("finished") == "1" and not force:
@@ -454,72 +468,37 @@ async def rethumb(
         raise FleetError(
             f"run {run.run_id} was interrupted: pass --resume to continue it, or --force to start over"
         )
-    watch = WorkerWatch(redis, settings, wait_for_workers_s, warn)
-    await watch.refuse_other_settings()
-    resuming = bool(state) and not force
-    if force or not state:
-        await run.delete()
-        total = await work.count()
-        fresh: dict[str, Any] = {
-            "total": total,
-            "cursor": 0,
-            "fed": 0,
-            "started_at": time.time(),
-            "finished": 0,
-            "mode": "all" if force else selection.mode,
-            "variants": ",".join(selection.variants),
-            "reindex": selection.reindex,
-        }
-        if (listing := await work.fingerprint()) is not None:
-            fresh["listing"] = listing
-        await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
-        state = await run.state()
-    options = _run_options(state, selection)
-    started = time.monotonic()
-    total, cursor = int(state["total"]), int(state["cursor"])
-    counts_at_start = await run.processed()
+    return None
 
-    async def report(final: bool = False) -> tuple[int, int]:
-        """Show progress; returns (fed, processed) from one read of the run's state."""
-        current = await run.state()
-        counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
-        if progress is not None:
-            progress(counts, time.monotonic() - started, final)
-        if not final:
-            await watch.served(run.run_id)
-        return counts["fed"], sum(counts[o] for o in OUTCOMES)
 
-    size = settings.bulk_batch_size
-    two_buckets = bucket_pair(settings) is not None  # each batch says which each image is in
-    pending: list[RenderBatch] = []  # read from the work list, not yet queued
-    async for page in _pages(work, cursor, size * PAGE_BATCHES):
-        pending += [
-            RenderBatch(
-                run_id=run.run_id,
-                image_ids=[item[0] for item in items],
-                filenames=[item[1] for item in items],
-                exts=[item[2] for item in items],
-                variants=list(options["variants"]),
-                mode=options["mode"],
-                reindex=options["reindex"],
-                with_db=not selection.listed,
-                fingerprint=render_fingerprint(settings),
-                public=[item[3] for item in items] if two_buckets else None,
-            )
-            for items in (page[k : k + size] for k in range(0, len(page), size))
-        ]
-        while pending:
-            fed, processed = await report()
-            room = settings.bulk_max_queued - (fed - processed)
-            if room <= 0:
-                await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
-                continue
-            fits = max(1, min(len(pending), room // size))  # at least one batch, then by room
-            await _enqueue_batches(redis, settings, run, pending[:fits])
-            pending = pending[fits:]
-    while (await report())[1] < total:
-        await asyncio.sleep(poll_s)
-    await report(final=True)
+async def _open(
+    run: BulkRun, work: WorkList, selection: Selection, state: dict[str, str], force: bool
+) -> dict[str, str]:
+    """The run's state: as it was when resumed, else written afresh (a new run, or --force)."""
+    if state and not force:
+        return state
+    await run.delete()
+    total = await work.count()
+    fresh: dict[str, Any] = {
+        "total": total,
+        "cursor": 0,
+        "fed": 0,
+        "started_at": time.time(),
+        "finished": 0,
+        "mode": "all" if force else selection.mode,
+        "variants": ",".join(selection.variants),
+        "reindex": selection.reindex,
+    }
+    if (listing := await work.fingerprint()) is not None:
+        fresh["listing"] = listing
+    await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
+    return await run.state()
+
+
+async def _close(
+    run: BulkRun, started: float, counts_at_start: int, options: dict[str, Any], resuming: bool
+) -> Summary:
+    """Mark the run finished; its summary, with the rate of this call's part of it."""
     await run.save({"finished": 1, "finished_at": time.time()})
     summary = _summary(run.run_id, await run.state())
     summary.seconds = round(time.monotonic() - started, 3)
@@ -529,6 +508,75 @@ async def rethumb(
     if resuming:
         summary.extra["resumed"] = True  # with the options the run started with
     return summary
+
+
+class _Report:
+    """A run's progress while it is fed: shown, and a check that a worker still serves it."""
+
+    def __init__(self, run: BulkRun, watch: WorkerWatch, progress: Progress | None) -> None:
+        self.run, self.watch, self.progress = run, watch, progress
+        self.started = time.monotonic()
+
+    async def __call__(self, final: bool = False) -> tuple[int, int]:
+        """Show progress; returns (fed, processed) from one read of the run's state."""
+        current = await self.run.state()
+        counts = {k: int(current.get(k, 0)) for k in ("total", "fed", *OUTCOMES)}
+        if self.progress is not None:
+            self.progress(counts, time.monotonic() - self.started, final)
+        if not final:
+            await self.watch.served(self.run.run_id)
+        return counts["fed"], sum(counts[o] for o in OUTCOMES)
+
+
+def _batch(
+    run_id: str,
+    selection: Selection,
+    options: dict[str, Any],
+    fingerprint: str,
+    two_buckets: bool,
+    items: list[Item],
+) -> RenderBatch:
+    """One job of the run: ``items`` with the options the run started with; with the board's
+    two buckets, which one each image is in."""
+    return RenderBatch(
+        run_id=run_id,
+        image_ids=[item[0] for item in items],
+        filenames=[item[1] for item in items],
+        exts=[item[2] for item in items],
+        variants=list(options["variants"]),
+        mode=options["mode"],
+        reindex=options["reindex"],
+        with_db=not selection.listed,
+        fingerprint=fingerprint,
+        public=[item[3] for item in items] if two_buckets else None,
+    )
+
+
+async def _feed(
+    redis: ArqRedis,
+    settings: Settings,
+    run: BulkRun,
+    work: WorkList,
+    cursor: int,
+    batch: Callable[[list[Item]], RenderBatch],
+    report: _Report,
+    poll_s: float,
+) -> None:
+    """Queue the work list after ``cursor``, batch by batch, keeping at most BULK_MAX_QUEUED
+    images queued ahead of the workers."""
+    size = settings.bulk_batch_size
+    pending: list[RenderBatch] = []  # read from the work list, not yet queued
+    async for page in _pages(work, cursor, size * PAGE_BATCHES):
+        pending += [batch(page[k : k + size]) for k in range(0, len(page), size)]
+        while pending:
+            fed, processed = await report()
+            room = settings.bulk_max_queued - (fed - processed)
+            if room <= 0:
+                await asyncio.sleep(poll_s)  # bounded: wait for the workers to drain
+                continue
+            fits = max(1, min(len(pending), room // size))  # at least one batch, then by room
+            await _enqueue_batches(redis, settings, run, pending[:fits])
+            pending = pending[fits:]
 
 
 def _run_options(state: dict[str, str], selection: Selection) -> dict[str, Any]:
@@ -546,7 +594,7 @@ def _run_options(state: dict[str, str], selection: Selection) -> dict[str, Any]:
 def check_folder(settings: Settings, folder: Path) -> None:
     """Workers read originals from STORAGE_PATH/fullsize only: another folder would list its
     files, then fail every one of them as a missing original."""
-    root = settings.storage_path / "fullsize"
+    root = settings.storage_path / Folder.ORIGINALS
     if not folder.is_dir():
         raise FleetError(f"--from-dir {folder} is not a folder")
     if folder.resolve() != root.resolve():
@@ -589,7 +637,7 @@ class WorkerWatch:
         from fleet.health import beats, check
 
         live = (await check(self.redis, self.settings, Queue.IMG_BULK)).live
-        ours = render_settings(self.settings)
+        ours = self.settings.render.by_name()
         infos = await beats(self.redis, self.settings, Queue.IMG_BULK, live)
         other = {
             name: info["render"]

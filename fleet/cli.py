@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,6 +26,9 @@ from fleet.settings import Settings, SettingsError, get_settings, load_env_file,
 
 if TYPE_CHECKING:
     from fleet.deadletters import DeadLetters
+
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+    """What each command's parser is added to (a plugin's ``register()`` is given it too)."""
 
 # Imported where used, not here: the worker machinery, dead letters and arq's import_string
 # cost a tenth of a second that `fleet health` (a container healthcheck, every few seconds)
@@ -104,6 +108,9 @@ def run_workers(kinds: Sequence[str], *, burst: bool = False) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.backend:  # the setting, so child processes and the settings checks see it too
+        os.environ["RENDER_BACKEND"] = args.backend
+        get_settings.cache_clear()
     return run_workers(args.kinds, burst=args.burst)
 
 
@@ -344,7 +351,7 @@ def _database_problem(exc: BaseException) -> str | None:
     settings = get_settings()
     where = masked_url(settings.database_url or f"SQLite under {settings.storage_path}")
     hint = ""
-    if failure.kind == "DatabaseSchemaError":
+    if failure.error_type == "DatabaseSchemaError":
         hint = " (the embedded SQLite: `fleet db init` makes its tables; a board: check DATABASE_URL)"
     return f"{failure} [{where}]{hint}"
 
@@ -405,18 +412,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(images=args.images, keep=args.keep)
 
 
-def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
-    """The whole command line; ``plugins``: all plugin commands, none, or only the one named
-    (a plugin's import costs up to a second: only the command being run pays it)."""
-    parser = argparse.ArgumentParser(prog="fleet", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--env-file",
-        type=Path,
-        metavar="PATH",
-        help="read settings from a .env file first (the board's own works); set variables win",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_worker(sub: Subcommands) -> None:
     worker = sub.add_parser("worker", help="run a worker (see README for its settings)")
     worker.add_argument(
         "kinds",
@@ -426,8 +422,15 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
         help=f"one or more of {', '.join(sorted(WORKERS))}; light = iqdb db",
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument(
+        "--backend",
+        choices=["cpu", "gpu"],
+        help="img workers: render on the process pool or a GPU (sets RENDER_BACKEND; see README)",
+    )
     worker.set_defaults(run=_cmd_worker)
 
+
+def _add_health(sub: Subcommands) -> None:
     health = sub.add_parser(
         "health", help="exit non-zero unless every queue (or --queue) has live replicas, none stale"
     )
@@ -439,12 +442,16 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
     )
     health.set_defaults(run=async_command("health", _health))
 
+
+def _add_status(sub: Subcommands) -> None:
     status = sub.add_parser(
         "status", help="per queue: ready, deferred, in progress, dead letters, replicas, throughput"
     )
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=async_command("status", _status))
 
+
+def _add_dead(sub: Subcommands) -> None:
     dead = sub.add_parser("dead", help="list, retry or purge dead letters (jobs that failed for good)")
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", metavar="ID", help="job ids to retry")
@@ -455,6 +462,8 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
     dead.add_argument("--offset", type=int, default=0, help="list after skipping this many")
     dead.set_defaults(run=async_command("dead", _dead))
 
+
+def _add_rethumb(sub: Subcommands) -> None:
     rethumb = sub.add_parser(
         "rethumb", help="re-render archive originals on the img-bulk queue (bounded, resumable)"
     )
@@ -499,26 +508,53 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
         )
     )
 
+
+def _add_db(sub: Subcommands) -> None:
     database = sub.add_parser("db", help="init: make fleet's demo tables in the embedded SQLite")
     database.add_argument("action", choices=["init"])
     database.set_defaults(run=async_command("db", _db))
 
+
+def _add_cron(sub: Subcommands) -> None:
     cron = sub.add_parser("cron", help="run one cron job of the db worker once, now, in this process")
     cron.add_argument(
         "name", choices=sorted(CRON_JOBS), help="; ".join(f"{k}: {v}" for k, v in CRON_JOBS.items())
     )
     cron.set_defaults(run=async_command("cron", _cron))
 
+
+def _add_web(sub: Subcommands) -> None:
     web = sub.add_parser(
         "web", help="the operators' page: queues, replicas, bulk runs, dead letters (WEB_HOST:WEB_PORT)"
     )
     web.set_defaults(run=_cmd_web)
 
+
+def _add_demo(sub: Subcommands) -> None:
     demo = sub.add_parser("demo", help="render a generated sample archive end to end on embedded services")
     demo.add_argument("--images", type=int, default=200)
     demo.add_argument("--keep", action="store_true", help="keep the sample storage root and print its path")
     demo.set_defaults(run=_cmd_demo)
 
+
+CORE: dict[str, Callable[[Subcommands], None]] = {
+    "worker": _add_worker,
+    "health": _add_health,
+    "status": _add_status,
+    "dead": _add_dead,
+    "rethumb": _add_rethumb,
+    "db": _add_db,
+    "cron": _add_cron,
+    "web": _add_web,
+    "demo": _add_demo,
+}
+"""The core commands, in the order the usage lists them, each with what adds its parser."""
+CORE_COMMANDS = tuple(CORE)
+
+
+def _add_plugins(sub: Subcommands, plugins: bool | str) -> None:
+    """The commands of the ``fleet.commands`` entry points: all, none, or only the one named;
+    one that cannot be imported here is left out (e.g. the rating image has no libvips)."""
     from importlib.metadata import entry_points
 
     for plugin in entry_points(group="fleet.commands") if plugins else ():
@@ -530,6 +566,22 @@ def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
             _log().debug("fleet command unavailable here", command=plugin.name, error=str(exc))
             continue
         register(sub)
+
+
+def build_parser(*, plugins: bool | str = True) -> argparse.ArgumentParser:
+    """The whole command line; ``plugins``: all plugin commands, none, or only the one named
+    (a plugin's import costs up to a second: only the command being run pays it)."""
+    parser = argparse.ArgumentParser(prog="fleet", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from a .env file first (the board's own works); set variables win",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in CORE.values():
+        add(sub)
+    _add_plugins(sub, plugins)
     return parser
 
 
@@ -549,9 +601,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 2
-
-
-CORE_COMMANDS = ("worker", "health", "status", "dead", "rethumb", "db", "cron", "web", "demo")
 
 
 def _plugins_for(command: str | None) -> bool | str:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from fleet import coalesce, serializer, wake
 from fleet.connections import DEFAULT_REDIS_URL, lazy_pool, open_pool
 from fleet.errors import EnqueueError, FleetError, PayloadTooLargeError
+from fleet.keys import queue_key
 from fleet.logging import get_logger
 from fleet.registry import (
     DELETE_FROM_IQDB,
@@ -31,9 +32,9 @@ from fleet.registry import (
     IqdbIndex,
     JobSpec,
     P,
+    Queue,
     RenderUpload,
     VariantFlags,
-    queue_key,
 )
 from fleet.services import with_redis_default
 from fleet.settings import Settings, get_settings, masked_url
@@ -43,6 +44,14 @@ log = get_logger("fleet.client")
 
 
 class FleetClient:
+    """Queues fleet's jobs on one Redis, and finds them again by id.
+
+    Make one with :meth:`connect` (connects now) or :meth:`create` (connects at the first
+    enqueue: a web process must start while Redis is down); a worker's jobs find one in
+    ``ctx["fleet"]``. Each job method returns arq's ``Job`` (``job_id``, ``status()``,
+    ``result()``); :meth:`job` finds one again from its id alone. Every failure to queue raises
+    :class:`EnqueueError`, never a silent None (a coalesced job already waiting is the one None)."""
+
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
@@ -78,6 +87,22 @@ class FleetClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    async def job(self, job_id: str) -> Job:
+        """The job ``job_id`` queued through fleet, on whichever queue holds it: its
+        ``status()`` (queued, deferred, in progress, complete, not found) and ``result()`` (a
+        failure raises :class:`~fleet.errors.JobFailedError`). One round trip to find the
+        queue; a job no queue holds (finished, or unknown) needs none to be read."""
+        names = [queue_key(self.settings.namespace, queue) for queue in Queue]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zscore(name, job_id)
+            scores = await pipe.execute()
+        queue_name = next((n for n, score in zip(names, scores, strict=True) if score is not None), names[0])
+        return self._job(job_id, queue_name)
+
+    def _job(self, job_id: str, queue_name: str) -> Job:
+        return Job(job_id, self.redis, _queue_name=queue_name, _deserializer=self.redis.job_deserializer)
 
     # --- one method per job -------------------------------------------------------------
 
@@ -119,6 +144,9 @@ class FleetClient:
         replica holds the job."""
         data = _checked(spec, payload)
         queue_name = queue_key(self.settings.namespace, spec.queue)
+        # Our own id, not arq's: a transaction that ran but whose reply was lost (Redis restarting)
+        # is retried by redis-py, finds the job there, and still returns it.
+        job_id = job_id or uuid.uuid4().hex
         try:
             job = await self.redis.enqueue_job(
                 spec.name,
@@ -131,9 +159,7 @@ class FleetClient:
         except _REDIS_FAILURES as exc:
             raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
         if job is None:  # the id is taken: this job, queued before (perhaps unconfirmed), or its result
-            job = Job(
-                job_id or "", self.redis, _queue_name=queue_name, _deserializer=self.redis.job_deserializer
-            )
+            job = self._job(job_id, queue_name)
         await self._wake(queue_name, f"{spec.name} {job.job_id}")
         return job
 
@@ -182,7 +208,7 @@ class FleetClient:
             return None
         if self.settings.confirm_replicas:  # the script pushed its wake token: this one only confirms
             await self._wake(queue_name, f"{spec.name} {job_id}")
-        return Job(job_id, self.redis, _queue_name=queue_name, _deserializer=self.redis.job_deserializer)
+        return self._job(job_id, queue_name)
 
 
 def _with_redis(settings: Settings) -> Settings:

@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
 from fleet import serializer, wake
+from fleet.keys import ARQ_DEFAULT_QUEUE, job_key, wake_key
 
 _TAKE_SLOT_AND_ENQUEUE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[4]) then
@@ -55,9 +55,9 @@ async def enqueue_once(
         _TAKE_SLOT_AND_ENQUEUE,
         4,
         pending_key,
-        job_key_prefix + job_id,
-        queue_name or default_queue_name,
-        wake.key(queue_name or default_queue_name),
+        job_key(job_id),
+        queue_name or ARQ_DEFAULT_QUEUE,
+        wake_key(queue_name or ARQ_DEFAULT_QUEUE),
         job_id,
         payload.decode(),
         str(now),

@@ -16,6 +16,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from fleet.board import Folder
+
 # (kind, extension, weight): a board-like mix of uploads, mostly JPEG (some progressive), a
 # fifth PNG (drawn art, some with transparency), a few GIF and WebP (a few of those with
 # transparency too). The weights are an
@@ -104,7 +106,7 @@ def _pixels(width: int, height: int, seed: int, alpha: bool, grain: bool) -> Any
 
 def write_sample(root: Path, sample: Sample) -> Path:
     """Write one sample original to ``root/fullsize/{filename}.{ext}``."""
-    path = root / "fullsize" / f"{sample.filename}.{sample.ext}"
+    path = root / Folder.ORIGINALS / f"{sample.filename}.{sample.ext}"
     image = _pixels(
         sample.width,
         sample.height,
@@ -139,7 +141,7 @@ def _write_sample_in_child(root: Path, sample: Sample) -> Path:
 
 def generate(root: Path, samples: Sequence[Sample], processes: int = 2) -> None:
     """Write ``samples`` in parallel (spawned processes: libvips is not fork-safe)."""
-    (root / "fullsize").mkdir(parents=True, exist_ok=True)
+    (root / Folder.ORIGINALS).mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         for _ in pool.map(_write_sample_in_child, [root] * len(samples), samples, chunksize=4):
             pass

@@ -27,10 +27,26 @@ log = logging.getLogger("fleet.db")
 
 metadata = sa.MetaData()
 
+
+def _serial(name: str) -> sa.Column[Any]:
+    """An auto-increment primary key."""
+    return sa.Column(name, sa.Integer, primary_key=True, autoincrement=True)
+
+
+def _image_id(**options: Any) -> sa.Column[Any]:
+    """``image_id`` of a row that belongs to an image, deleted with it."""
+    return sa.Column("image_id", sa.Integer, sa.ForeignKey("images.image_id", ondelete="CASCADE"), **options)
+
+
+def _stamped(name: str, **options: Any) -> sa.Column[Any]:
+    """A time the database sets when the row is inserted (the board's ``created_at``, ``date``)."""
+    return sa.Column(name, sa.DateTime, nullable=True, server_default=sa.func.current_timestamp(), **options)
+
+
 images = sa.Table(
     "images",
     metadata,
-    sa.Column("image_id", sa.Integer, primary_key=True, autoincrement=True),
+    _serial("image_id"),
     sa.Column("filename", sa.String(120), nullable=True),
     sa.Column("ext", sa.String(10), nullable=False),
     sa.Column("width", sa.Integer, nullable=False, server_default="0"),
@@ -56,27 +72,21 @@ image_ratings = sa.Table(
     "image_ratings",
     metadata,
     sa.Column("user_id", sa.Integer, primary_key=True),
-    sa.Column(
-        "image_id",
-        sa.Integer,
-        sa.ForeignKey("images.image_id", ondelete="CASCADE"),
-        primary_key=True,
-        index=True,
-    ),
+    _image_id(primary_key=True, index=True),
     sa.Column("rating", sa.Integer, nullable=False),
-    sa.Column("date", sa.DateTime, nullable=True, server_default=sa.func.current_timestamp()),
+    _stamped("date"),
 )
 
 image_reviews = sa.Table(
     "image_reviews",
     metadata,
-    sa.Column("review_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.image_id", ondelete="CASCADE"), nullable=False),
+    _serial("review_id"),
+    _image_id(nullable=False),
     sa.Column("deadline", sa.DateTime, nullable=True),
     sa.Column("extension_used", sa.Integer, nullable=False, server_default="0"),
     sa.Column("status", sa.Integer, nullable=False, server_default="0"),
     sa.Column("outcome", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.DateTime, nullable=True, server_default=sa.func.current_timestamp()),
+    _stamped("created_at"),
     sa.Column("closed_at", sa.DateTime, nullable=True),
     # Newer boards only (the seed-era board had review_type instead).
     sa.Column("reason_category", sa.Integer, nullable=False, server_default="1"),
@@ -86,38 +96,36 @@ image_reviews = sa.Table(
 review_votes = sa.Table(
     "review_votes",
     metadata,
-    sa.Column("vote_id", sa.Integer, primary_key=True, autoincrement=True),
+    _serial("vote_id"),
     sa.Column("image_id", sa.Integer, nullable=True),
     sa.Column("user_id", sa.Integer, nullable=True),
     sa.Column("vote", sa.Integer, nullable=True),
     sa.Column("review_id", sa.Integer, sa.ForeignKey("image_reviews.review_id"), nullable=True),
-    sa.Column("created_at", sa.DateTime, nullable=True, server_default=sa.func.current_timestamp()),
+    _stamped("created_at"),
 )
 
 admin_actions = sa.Table(
     "admin_actions",
     metadata,
-    sa.Column("action_id", sa.Integer, primary_key=True, autoincrement=True),
+    _serial("action_id"),
     sa.Column("user_id", sa.Integer, nullable=True),
     sa.Column("action_type", sa.Integer, nullable=False, server_default="0"),
     sa.Column("report_id", sa.Integer, nullable=True),
     sa.Column("review_id", sa.Integer, nullable=True),
     sa.Column("image_id", sa.Integer, nullable=True),
     sa.Column("details", sa.JSON, nullable=True),
-    sa.Column(
-        "created_at", sa.DateTime, nullable=True, server_default=sa.func.current_timestamp(), index=True
-    ),
+    _stamped("created_at", index=True),
 )
 
 image_status_history = sa.Table(
     "image_status_history",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.image_id", ondelete="CASCADE"), nullable=False),
+    _serial("id"),
+    _image_id(nullable=False),
     sa.Column("old_status", sa.Integer, nullable=False),
     sa.Column("new_status", sa.Integer, nullable=False),
     sa.Column("user_id", sa.Integer, nullable=True),
-    sa.Column("created_at", sa.DateTime, nullable=True, server_default=sa.func.current_timestamp()),
+    _stamped("created_at"),
     sa.Column("reason_category", sa.Integer, nullable=True),
     sa.Column("reason", sa.String(1000), nullable=True),
     sa.Column("report_id", sa.Integer, nullable=True),
@@ -240,31 +248,31 @@ def classify_db_error(exc: BaseException) -> JobError:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     message = f"database: {first_line}"
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return TransientError(message, kind="DatabaseUnavailable")
+        return TransientError(message, error_type="DatabaseUnavailable")
     if isinstance(exc, sa.exc.TimeoutError | sa.exc.DisconnectionError | OSError | asyncio.TimeoutError):
-        return TransientError(message, kind="DatabaseUnavailable")
+        return TransientError(message, error_type="DatabaseUnavailable")
     orig = getattr(exc, "orig", None)
     mysql_code = _mysql_code(orig)
     pg_code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if mysql_code is not None:
         if mysql_code in _MYSQL_TRANSIENT:
-            return TransientError(message, kind="DatabaseUnavailable")
-        kind = "DatabaseSchemaError" if mysql_code in _MYSQL_SCHEMA else "DatabaseError"
-        return PermanentError(message, kind=kind)
+            return TransientError(message, error_type="DatabaseUnavailable")
+        error_type = "DatabaseSchemaError" if mysql_code in _MYSQL_SCHEMA else "DatabaseError"
+        return PermanentError(message, error_type=error_type)
     if isinstance(pg_code, str):
         if pg_code.startswith(_PG_TRANSIENT):
-            return TransientError(message, kind="DatabaseUnavailable")
-        kind = "DatabaseSchemaError" if pg_code in _PG_SCHEMA else "DatabaseError"
-        return PermanentError(message, kind=kind)
+            return TransientError(message, error_type="DatabaseUnavailable")
+        error_type = "DatabaseSchemaError" if pg_code in _PG_SCHEMA else "DatabaseError"
+        return PermanentError(message, error_type=error_type)
     if isinstance(exc, sa.exc.OperationalError):  # SQLite and unknown drivers: by the message
         text = first_line.lower()
         if any(marker in text for marker in _SQLITE_TRANSIENT):
-            return TransientError(message, kind="DatabaseUnavailable")
+            return TransientError(message, error_type="DatabaseUnavailable")
         if "no such column" in text or "no such table" in text:
-            return PermanentError(message, kind="DatabaseSchemaError")
+            return PermanentError(message, error_type="DatabaseSchemaError")
     if isinstance(exc, sa.exc.InterfaceError):
-        return TransientError(message, kind="DatabaseUnavailable")
-    return PermanentError(message, kind="DatabaseError")
+        return TransientError(message, error_type="DatabaseUnavailable")
+    return PermanentError(message, error_type="DatabaseError")
 
 
 def _mysql_code(orig: object) -> int | None:

@@ -1,10 +1,9 @@
 """Dead letters: jobs that failed for good, kept with their reason so nothing is lost silently.
 
-Each letter is one Redis key ``{ns}:dead:{job_id}`` (JSON, expiring after DEAD_LETTER_TTL_S),
-indexed per queue in a sorted set ``{ns}:dead-index:{queue}`` by failure time. At most
-DEAD_LETTER_MAX are kept per queue: the oldest beyond it are dropped and counted in
-``{ns}:dead-dropped:{queue}``. Letters are read a page at a time, newest first. A retried
-letter is queued again as a new job (fresh try count) and removed.
+Each letter is one Redis key (JSON, expiring after DEAD_LETTER_TTL_S), indexed per queue in
+a sorted set by failure time (:mod:`fleet.keys`). At most DEAD_LETTER_MAX are kept per queue:
+the oldest beyond it are dropped and counted. Letters are read a page at a time, newest
+first. A retried letter is queued again as a new job (fresh try count) and removed.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from fleet.errors import FleetError, InvalidPayloadError
+from fleet.keys import dead_dropped_key, dead_index_key, dead_letter_key
 from fleet.registry import ALL_JOBS, RENDER_BATCH, Queue
 from fleet.settings import Settings
 
@@ -76,19 +76,19 @@ class DeadLetters:
         return cls(redis, settings.namespace, settings.dead_letter_ttl_s, settings.dead_letter_max)
 
     def _key(self, job_id: str) -> str:
-        return f"{self.namespace}:dead:{job_id}"
+        return dead_letter_key(self.namespace, job_id)
 
     def _index(self, queue: str) -> str:
-        return f"{self.namespace}:dead-index:{queue}"
+        return dead_index_key(self.namespace, queue)
 
     def _dropped_key(self, queue: str) -> str:
-        return f"{self.namespace}:dead-dropped:{queue}"
+        return dead_dropped_key(self.namespace, queue)
 
     async def add(self, letter: DeadLetter) -> None:
         """Keep ``letter``; past DEAD_LETTER_MAX the queue's oldest letters are dropped (counted)."""
-        keys = (self._key(letter.job_id), self._index(letter.queue), self._dropped_key(letter.queue))
+        touched = (self._key(letter.job_id), self._index(letter.queue), self._dropped_key(letter.queue))
         await self.redis.eval(  # type: ignore[misc]  # redis-py types eval as sync|async
-            _ADD, len(keys), *keys,
+            _ADD, len(touched), *touched,
             letter.to_json(), str(self.ttl_s), repr(letter.failed_at), letter.job_id,
             repr(time.time() - self.ttl_s), str(self.max_kept), self._key(""),
         )  # fmt: skip

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import corpus, db
+from fleet.board import Folder, VariantStatus
 from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.logging import configure_logging, get_logger
@@ -39,15 +40,16 @@ def verify(root: Path, sample: corpus.Sample, medium: int, large: int, settings:
     import pyvips
 
     thumb_ext = "jpg" if settings.thumb_format == "jpeg" else settings.thumb_format
+    thumb_box, ready = (settings.thumb_width, settings.thumb_height), VariantStatus.READY
     expected = [
-        ("thumb", "thumbs", thumb_ext, (settings.thumb_width, settings.thumb_height), 1),
-        ("medium", "medium", sample.ext, (settings.medium_edge, settings.medium_edge), medium),
-        ("large", "large", sample.ext, (settings.large_edge, settings.large_edge), large),
+        ("thumb", Folder.THUMBS, thumb_ext, thumb_box, ready),
+        ("medium", Folder.MEDIUM, sample.ext, (settings.medium_edge, settings.medium_edge), medium),
+        ("large", Folder.LARGE, sample.ext, (settings.large_edge, settings.large_edge), large),
     ]
     for variant, folder, ext, (width, height), flag in expected:
-        if flag == 2:
+        if flag == VariantStatus.PENDING:
             return f"{variant} flag still PENDING"
-        if flag == 0:  # NONE: the original does not exceed the edge, or the rendition was not smaller
+        if flag == VariantStatus.NONE:  # the original is within the edge, or the rendition was not smaller
             continue
         if variant != "thumb" and sample.longest <= width:
             return f"{variant} READY for a {sample.longest} px original"
@@ -68,7 +70,7 @@ async def seed_board(engine: AsyncEngine, samples: list[corpus.Sample], seed: in
     rng = random.Random(seed)
     rows = [
         {"image_id": s.image_id, "filename": s.filename, "ext": s.ext, "width": s.width, "height": s.height,
-         "medium": 2, "large": 2}
+         "medium": VariantStatus.PENDING, "large": VariantStatus.PENDING}
         for s in samples
     ]  # fmt: skip
     votes: dict[int, int] = {}
@@ -125,9 +127,8 @@ async def run_demo(images: int, root: Path, settings: Settings) -> dict[str, Any
             run = await rethumb(
                 client.redis, settings, Selection(), engine=engine, progress=ProgressReporter()
             )
-            flags_written = await wait_for_rows(
-                engine, (columns.medium != 2) & (columns.large != 2), images, 60
-            )
+            settled = (columns.medium != VariantStatus.PENDING) & (columns.large != VariantStatus.PENDING)
+            flags_written = await wait_for_rows(engine, settled, images, 60)
             ratings_recalculated = await wait_for_rows(
                 engine, columns.image_id.in_(list(votes)) & (columns.num_ratings > 0), len(votes), 60
             )

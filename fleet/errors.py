@@ -4,7 +4,29 @@ A job ends done, retried later (``TransientError``), or dead-lettered (``Permane
 Both derive from ``JobError``, a ``BaseException`` like ``asyncio.CancelledError``, so a
 broad ``except Exception`` in job code cannot swallow a retry signal (the design this
 replaces lost every IQDB retry that way). Only the queue layer (``fleet.worker``) catches
-them, and turns them into arq outcomes.
+them, and turns them into arq outcomes (the rule itself: :mod:`fleet.failures`).
+
+The whole tree, with the classes the worker packages add (fleet imports none of them)::
+
+    BaseException
+    ├── Exception
+    │   └── FleetError                      raised to fleet's callers
+    │       ├── EnqueueError                a job could not be queued (an API answers 503)
+    │       ├── PayloadTooLargeError        also a ValueError: refused before Redis
+    │       ├── RegistryError               a worker's handlers do not match the registry
+    │       ├── SettingsError               fleet.settings; also a ValueError
+    │       └── JobFailedError              a job's failure, as its result carries it
+    └── JobError                            raised inside a job: how it ends
+        ├── PermanentError                  dead-lettered at once
+        │   ├── InvalidPayloadError         the arguments do not match the payload
+        │   └── IqdbRejected                ratingworker.iqdb: a 3xx or 4xx, with its ``status``
+        └── TransientError                  retried with backoff, then dead-lettered
+
+Every ``JobError`` and ``JobFailedError`` names its cause in ``error_type`` (the class name
+unless told otherwise, e.g. ``TooManyPixelsError``): the field dead letters, results and job
+events carry. The render code's own ``RenderError`` tree (``imgworker.render.errors``) stays
+plain ``Exception``\\ s that never leave a render: the img jobs turn a failed render into one
+of these.
 """
 
 from __future__ import annotations
@@ -43,14 +65,14 @@ class JobFailedError(FleetError):
 class JobError(BaseException):
     """Raised inside a job to say how it failed.
 
-    ``kind`` names the cause (e.g. ``TooManyPixelsError``) for dead letters and results;
+    ``error_type`` names the cause (e.g. ``TooManyPixelsError``) for dead letters and results;
     it defaults to the class name."""
 
     permanent: bool = False
 
-    def __init__(self, message: str, *, kind: str | None = None) -> None:
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
         super().__init__(message)
-        self.kind = kind or type(self).__name__
+        self.error_type = error_type or type(self).__name__
 
 
 class PermanentError(JobError):

@@ -26,8 +26,9 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
+from fleet.keys import dead_index_key, finished_key, queue_key, replica_info_key, replicas_key
 from fleet.logging import get_logger
-from fleet.registry import Queue, queue_key
+from fleet.registry import Queue
 from fleet.settings import Settings
 
 log = logging.getLogger("fleet.health")
@@ -41,19 +42,10 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _replicas_key(namespace: str, queue: Queue) -> str:
-    return f"{namespace}:replicas:{queue.value}"
-
-
-def _bucket_key(namespace: str, queue: Queue, bucket: int) -> str:
-    return f"{namespace}:finished:{queue.value}:{bucket}"
-
-
 @dataclass
 class ReplicaStats:
     """What one replica did since it started; beaten into Redis with each heartbeat."""
 
-    started: int = 0
     succeeded: int = 0
     retried: int = 0
     dead_lettered: int = 0
@@ -191,9 +183,7 @@ class Heartbeat:
         """An img worker's render settings, beaten so that ``fleet rethumb`` can refuse to feed
         workers that render with others (and name the settings that differ)."""
         if queue in (Queue.IMG, Queue.IMG_BULK):
-            from fleet.bulk import render_settings
-
-            self.render = render_settings(settings)
+            self.render = settings.render.by_name()
 
     def start(self, redis: ArqRedis) -> None:
         self.replica = replica_id()  # the process that serves, whoever built the settings
@@ -213,17 +203,16 @@ class Heartbeat:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(OSError):  # a clean stop is not a dead replica
-            key = _replicas_key(self.settings.namespace, self.queue)
+            key = replicas_key(self.settings.namespace, self.queue)
             await redis.zrem(key, self.replica)
-            await redis.hdel(f"{key}:info", self.replica)  # type: ignore[misc]
+            await redis.hdel(replica_info_key(key), self.replica)  # type: ignore[misc]
 
     async def beat(self, redis: ArqRedis) -> None:
-        key = _replicas_key(self.settings.namespace, self.queue)
+        key = replicas_key(self.settings.namespace, self.queue)
         now = time.time()
         info = {
             "replica": self.replica,
             "at": now,
-            "started": self.stats.started,
             "succeeded": self.stats.succeeded,
             "retried": self.stats.retried,
             "dead_lettered": self.stats.dead_lettered,
@@ -240,7 +229,7 @@ class Heartbeat:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {self.replica: now})
             if stale:
-                pipe.hset(f"{key}:info", self.replica, json.dumps(info))
+                pipe.hset(replica_info_key(key), self.replica, json.dumps(info))
             await pipe.execute()
         if stale:
             self._written, self._written_at = numbers, now
@@ -272,7 +261,7 @@ async def beats(
     """What each of ``replicas`` last beat (its counters, problem, pool size, RSS); {} if none."""
     if not replicas:
         return []
-    key = _replicas_key(settings.namespace, queue)
+    key = replicas_key(settings.namespace, queue)
     found = await _numbers(redis, key, replicas)
     for info, at in zip(found, await redis.zmscore(key, replicas), strict=True):
         if info and at is not None:
@@ -283,12 +272,12 @@ async def beats(
 async def _numbers(redis: ArqRedis, key: str, replicas: list[str]) -> list[dict[str, Any]]:
     if not replicas:
         return []
-    infos = await redis.hmget(f"{key}:info", replicas)  # type: ignore[misc]
+    infos = await redis.hmget(replica_info_key(key), replicas)  # type: ignore[misc]
     return [json.loads(raw) if raw else {} for raw in infos]
 
 
 async def count_finished(redis: ArqRedis, namespace: str, queue: Queue) -> None:
-    key = _bucket_key(namespace, queue, int(time.time()) // BUCKET_S)
+    key = finished_key(namespace, queue, int(time.time()) // BUCKET_S)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.incr(key)
         pipe.expire(key, 120)
@@ -317,7 +306,7 @@ async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealt
     """Live replicas beat within the last interval (they beat twice per interval); stale ones
     stopped beating without stopping cleanly (killed), so a SIGKILLed replica is reported
     within one interval. Stale entries are forgotten after ten intervals."""
-    key = _replicas_key(settings.namespace, queue)
+    key = replicas_key(settings.namespace, queue)
     now = time.time()
     fresh_after = now - settings.health_interval_s
     forget_before = now - 10 * settings.health_interval_s
@@ -333,7 +322,7 @@ async def check(redis: ArqRedis, settings: Settings, queue: Queue) -> QueueHealt
             gone.append(name)
     if gone:
         await redis.zrem(key, *gone)
-        await redis.hdel(f"{key}:info", *gone)  # type: ignore[misc]
+        await redis.hdel(replica_info_key(key), *gone)  # type: ignore[misc]
     numbers = dict(zip(live, await _numbers(redis, key, live), strict=True))
     return QueueHealth(queue.value, live, stale, numbers)
 
@@ -362,9 +351,9 @@ async def check_self(redis: ArqRedis, settings: Settings, queue: Queue | None = 
     for entry in registrations(settings):
         if queue is not None and entry.queue != queue.value:
             continue
-        key = _replicas_key(settings.namespace, Queue(entry.queue))
+        key = replicas_key(settings.namespace, Queue(entry.queue))
         beat = await redis.zscore(key, entry.replica)
-        raw = await redis.hget(f"{key}:info", entry.replica)  # type: ignore[misc]
+        raw = await redis.hget(replica_info_key(key), entry.replica)  # type: ignore[misc]
         problem = json.loads(raw).get("problem") if raw else None
         age = now - max(beat or 0.0, entry.registered_at)
         results.append(
@@ -383,9 +372,9 @@ async def status(redis: ArqRedis, settings: Settings, queue: Queue) -> dict[str,
     deferred = await redis.zcount(name, f"({now_ms}", "+inf")
     bucket = int(time.time()) // BUCKET_S
     counts = await redis.mget(
-        [_bucket_key(settings.namespace, queue, b) for b in range(bucket - 5, bucket + 1)]
+        [finished_key(settings.namespace, queue, b) for b in range(bucket - 5, bucket + 1)]
     )
-    dead = await redis.zcard(f"{settings.namespace}:dead-index:{queue.value}")
+    dead = await redis.zcard(dead_index_key(settings.namespace, queue))
     return {
         "queue": queue.value,
         "ready": max(0, due - running),

@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from arq.connections import ArqRedis
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.exceptions import RedisError
 
 from fleet.errors import FleetError
+from fleet.failures import Done, Outcome, RetryLater
 from fleet.registry import Queue
 from fleet.settings import Settings
+
+if TYPE_CHECKING:
+    from fleet.health import ReplicaStats
 
 log = logging.getLogger("fleet.metrics")
 
@@ -50,6 +56,46 @@ QUEUE_WAIT = Histogram(
 
 POOL_SIZE = Gauge("fleet_render_pool_size", "Render processes in this worker")
 POOL_BUSY = Gauge("fleet_render_pool_busy", "Render processes rendering now")
+
+
+class JobCounts:
+    """Every count of one job's run, in one place: this process's Prometheus metrics and the
+    replica's stats (beaten with its heartbeat), one call per step, and the queue's finished
+    jobs per minute (``fleet status``). Dead letters are counted where they are written
+    (:func:`fleet.worker.dead_letter`): a bulk batch writes one per image that failed."""
+
+    def __init__(self, stats: ReplicaStats, queue: Queue, function: str) -> None:
+        self.stats = stats
+        self.queue = queue
+        self.labels = (queue.value, function)
+
+    def started(self, due_ms: float) -> None:
+        JOBS_STARTED.labels(*self.labels).inc()
+        QUEUE_WAIT.labels(self.queue.value).observe(max(0.0, time.time() - due_ms / 1000))
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            JOB_DURATION.labels(*self.labels).observe(time.perf_counter() - started)
+
+    async def ended(self, outcome: Outcome, redis: ArqRedis, namespace: str) -> None:
+        """Counted once the outcome is acted on (a dead letter written, a retry decided)."""
+        from fleet.health import count_finished
+
+        if isinstance(outcome, RetryLater):
+            self.stats.retried += 1
+            JOBS_RETRIED.labels(*self.labels).inc()
+            return
+        if isinstance(outcome, Done):
+            self.stats.succeeded += 1
+            JOBS_SUCCEEDED.labels(*self.labels).inc()
+        else:
+            self.stats.dead_lettered += 1
+        await count_finished(redis, namespace, self.queue)
+
 
 _served_on: int | None = None
 

@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator
 
 from fleet.client import FleetClient
-from fleet.registry import Queue, queue_key
+from fleet.keys import health_check_key, queue_key
+from fleet.registry import Queue
 from fleet.settings import Settings
 
 
@@ -38,7 +39,7 @@ def worker_process(kinds: list[str], settings: Settings) -> Iterator[subprocess.
 
 async def wait_healthy(client: FleetClient, queue: Queue, timeout_s: float = 60.0) -> None:
     """Until a worker of ``queue`` has written its health-check key."""
-    key = f"{queue_key(client.settings.namespace, queue)}:health-check"
+    key = health_check_key(queue_key(client.settings.namespace, queue))
     deadline = time.monotonic() + timeout_s
     while not await client.redis.exists(key):
         if time.monotonic() > deadline:

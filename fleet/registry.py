@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from fleet.errors import InvalidPayloadError
+from fleet.keys import pending_key
 
 
 class Queue(enum.StrEnum):
@@ -28,11 +29,6 @@ class Queue(enum.StrEnum):
     """Archive re-rendering: served only when IMG is empty."""
     IQDB = "iqdb"
     DB = "db"
-
-
-def queue_key(namespace: str, queue: Queue) -> str:
-    """The Redis sorted set arq uses for ``queue`` in ``namespace``."""
-    return f"{namespace}:queue:{queue.value}"
 
 
 class Payload(Protocol):
@@ -56,7 +52,7 @@ class JobSpec(Generic[P]):
 
     def coalesce_key(self, namespace: str, payload: P) -> str:
         values = ":".join(str(v) for v in dataclasses.asdict(payload).values())
-        return f"{namespace}:pending:{self.name}:{values}"
+        return pending_key(namespace, self.name, values)
 
     def encode(self, payload: P) -> dict[str, Any]:
         """The payload's fields, less optional ones left at None: a job that does not use a
@@ -190,7 +186,7 @@ class RenderBatch:
     """Whether ids are board ids (flags and IQDB follow) or folder positions."""
     attempt: int = 1
     fingerprint: str = ""
-    """The feeder's ``render_fingerprint``: a worker rendering with other settings refuses the
+    """The feeder's ``RenderSettings.fingerprint()``: a worker rendering with other settings refuses the
     batch for good instead of skipping its images as current ("": not checked)."""
     public: list[bool] | None = None
     """With the board's two buckets (STORAGE_URL=r2://), whether each image is in the public

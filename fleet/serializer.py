@@ -68,7 +68,7 @@ def _encode_default(value: Any) -> Any:
     if isinstance(value, JobFailedError):
         return {_ERROR_KEY: value.error_type, "message": cut(value.message)}
     if isinstance(value, JobError):
-        return {_ERROR_KEY: value.kind, "message": cut(str(value))}
+        return {_ERROR_KEY: value.error_type, "message": cut(str(value))}
     if isinstance(value, BaseException):
         return {_ERROR_KEY: type(value).__name__, "message": cut(str(value))}
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -22,6 +22,9 @@ from urllib.parse import unquote, urlsplit
 
 from fleet.cpus import usable_cpus
 from fleet.errors import FleetError
+from fleet.render_settings import DECODE_BUDGET_MB, FORMAT_OF_EXT, MAX_PIXELS, RenderSettings
+
+_RENDER = RenderSettings()
 
 
 class SettingsError(FleetError, ValueError):
@@ -65,16 +68,19 @@ class Settings:
     """How long an enqueue waits for ENQUEUE_REPLICAS; past it, EnqueueError (queue it again
     with the same job id: a job already there is not queued twice)."""
 
-    # Rendering.
-    thumb_width: int = 500
-    thumb_height: int = 500
-    thumb_format: str = "webp"
-    thumb_quality: int = 75
-    thumb_sharpen: bool = True
-    medium_edge: int = 1280
-    large_edge: int = 2048
-    variant_quality: int = 90
-    max_pixels: int = 100_000_000
+    # Rendering: the fields of RenderSettings (``render``), with its defaults, and the limits.
+    thumb_width: int = _RENDER.thumb_width
+    thumb_height: int = _RENDER.thumb_height
+    thumb_format: str = _RENDER.thumb_format
+    thumb_quality: int = _RENDER.thumb_quality
+    thumb_sharpen: bool = _RENDER.thumb_sharpen
+    thumb_effort: int = _RENDER.thumb_effort
+    """WebP encode effort of the thumbnail, 0-6 (libvips' default 4): lower is faster and
+    larger. With a GPU backend the WebP encode is what stays on the CPU."""
+    medium_edge: int = _RENDER.medium_edge
+    large_edge: int = _RENDER.large_edge
+    variant_quality: int = _RENDER.variant_quality
+    max_pixels: int = MAX_PIXELS
     """Originals with more pixels than this are refused before any decode."""
 
     # The img worker.
@@ -93,9 +99,24 @@ class Settings:
     render_memory_mb: int = 1536
     """Address-space limit of each render process (RLIMIT_AS); an allocation past it fails
     that image for good (TooMuchMemoryError). 0: no limit. A normal render maps ~220-420 MB."""
-    render_decode_budget_mb: int = 512
+    render_decode_budget_mb: int = DECODE_BUDGET_MB
     """Formats decoded whole at once (AVIF/HEIF, interlaced PNG, progressive JPEG, GIF) are
     refused from the header when their decode would need more memory than this. 0: no budget."""
+    render_backend: str = "cpu"
+    """cpu: the render process pool. gpu: baseline JPEGs decoded and resized in batches on a
+    GPU (the ``fleet[gpu]`` extra), everything else on the pool, in the same worker."""
+    gpu_fallback: str = "refuse"
+    """With RENDER_BACKEND=gpu and no usable GPU: refuse to start (one line saying why), or
+    ``cpu``: start on the process pool alone."""
+    gpu_device: str = "0"
+    """The CUDA device of the GPU backend (one worker process per GPU). ``cpu`` runs the same
+    code in the libraries' CPU mode: for tests only, it is slower than the pool."""
+    gpu_batch_size: int = 16
+    """The GPU backend decodes and resizes this many originals at once..."""
+    gpu_batch_wait_ms: float = 20.0
+    """...or fewer, once the first has waited this long."""
+    gpu_max_pixels: int = 40_000_000
+    """Larger JPEGs go to the pool: each is decoded whole on the GPU (no shrink-on-load)."""
 
     # Bulk re-rendering of the archive.
     bulk_batch_size: int = 16
@@ -234,6 +255,13 @@ class Settings:
         return self.enqueue_replicas if sentinel else 0
 
     @property
+    def render(self) -> RenderSettings:
+        """The render settings: every field of RenderSettings is the setting of its name
+        (IQDB_URL set makes the IQDB JPEG)."""
+        same = {f.name: getattr(self, f.name) for f in fields(RenderSettings) if f.name != "iqdb"}
+        return RenderSettings(**same, iqdb=self.iqdb_url is not None)
+
+    @property
     def pool_size(self) -> int:
         return self.img_pool_size or usable_cpus()
 
@@ -290,7 +318,6 @@ def env_names() -> frozenset[str]:
 
 # --- checks -------------------------------------------------------------------------------------
 
-THUMB_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif", "avif": "avif"}
 _DATABASE_DRIVERS = {
     "sqlite+aiosqlite": None,
     "mysql+aiomysql": None,
@@ -447,8 +474,12 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "r2_private_bucket": lambda v: _bucket_name(v),
     "r2_endpoint": _url("http", "https"),
     "namespace": lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "letters, digits, '_', '.', '-'",
-    "thumb_format": lambda v: None if v in THUMB_FORMATS else "one of webp, jpeg (or jpg), png, gif, avif",
+    "thumb_format": lambda v: None if v in FORMAT_OF_EXT else "one of webp, jpeg (or jpg), png, gif, avif",
     "thumb_quality": _at_least(1, 100),
+    "thumb_effort": _at_least(0, 6),
+    "render_backend": _one_of("cpu", "gpu"),
+    "gpu_fallback": _one_of("refuse", "cpu"),
+    "gpu_device": lambda v: None if v == "cpu" or v.isdigit() else "a CUDA device index (0, 1, ...) or cpu",
     "variant_quality": _at_least(1, 100),
     "max_tries": _at_least(1),
     "admin_action_retention_days": _at_least(1),
@@ -468,7 +499,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 _SECRETS = {"r2_access_key_id", "r2_secret_access_key"}
 _POSITIVE = {
     "thumb_width", "thumb_height", "medium_edge", "large_edge", "max_pixels", "render_timeout_s",
-    "render_recycle_after",
+    "render_recycle_after", "gpu_batch_size", "gpu_batch_wait_ms", "gpu_max_pixels",
     "bulk_batch_size", "bulk_max_queued", "bulk_max_jobs", "bulk_run_ttl_s", "light_max_jobs",
     "iqdb_timeout_s", "poll_delay_s", "lock_ttl_s", "health_interval_s", "retry_cap_s", "dead_letter_max",
     "job_expiry_s", "idle_poll_s",
@@ -478,7 +509,7 @@ _POSITIVE = {
 def _check(name: str, value: Any) -> Any:
     """``value`` as the field keeps it (``jpg`` becomes ``jpeg``), or a :class:`SettingsError`."""
     if name == "thumb_format" and isinstance(value, str):
-        value = THUMB_FORMATS.get(value.lower(), value)
+        value = FORMAT_OF_EXT.get(value.lower(), value)
     problem: str | None = None
     if name in _CHECKS:
         problem = _CHECKS[name](value)

@@ -20,6 +20,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio.client import Pipeline
 
 from fleet.connections import connect
+from fleet.keys import wake_key
 
 TOKENS_KEPT = 100
 """A wake list holds at most this many tokens: enough to wake that many idle workers at once;
@@ -28,16 +29,11 @@ SHORTEST_WAIT_S = 0.001
 """BLPOP's timeout 0 means forever: a wait due sooner than this is no wait at all."""
 
 
-def key(queue_name: str) -> str:
-    """The wake list of arq's queue ``queue_name`` (beside its ``:health-check`` key)."""
-    return f"{queue_name}:wake"
-
-
 def push(pipe: Pipeline, queue_name: str, jobs: int = 1) -> None:
     """Add to ``pipe`` (the enqueue's own, where it has one) a token per job, at most TOKENS_KEPT."""
-    wake_key = key(queue_name)
-    pipe.rpush(wake_key, *["1"] * min(max(jobs, 1), TOKENS_KEPT))
-    pipe.ltrim(wake_key, -TOKENS_KEPT, -1)
+    key = wake_key(queue_name)
+    pipe.rpush(key, *["1"] * min(max(jobs, 1), TOKENS_KEPT))
+    pipe.ltrim(key, -TOKENS_KEPT, -1)
 
 
 async def nudge(redis: ArqRedis, queue_name: str, replicas: int = 0, wait_s: float = 1.0) -> int:
@@ -69,7 +65,7 @@ class Waiter:
 
     def __init__(self, redis_settings: RedisSettings, queue_name: str) -> None:
         self.redis_settings = redis_settings
-        self.key = key(queue_name)
+        self.key = wake_key(queue_name)
         self._redis: ArqRedis | None = None
 
     async def wait(self, timeout_s: float) -> bool:

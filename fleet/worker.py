@@ -1,6 +1,8 @@
-"""The queue layer both worker kinds are built from: registration, the failure model, locks.
+"""The queue layer both worker kinds are built from: registration, the failure model at work,
+locks, the typed job context.
 
-Every job ends one of three ways, decided here and nowhere else:
+Every job ends one of three ways, decided by the pure rule of :mod:`fleet.failures` and acted
+on here (``_adapt``: attempt, classify -> decide -> act, counted by ``metrics.JobCounts``):
 
 - done: the handler returned;
 - retried later: it raised :class:`TransientError` or ran past its timeout, with full-jitter
@@ -19,29 +21,30 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import signal
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, NoReturn, TypeGuard
+from typing import Any, Final, Generic, TypedDict, TypeGuard, TypeVar, cast
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.connections import ArqRedis
 from arq.cron import CronJob, cron
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, Retry, Worker, func
-from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
 from fleet import coalesce, metrics, serializer, wake
 from fleet.client import FleetClient
 from fleet.connections import connect, worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
-from fleet.errors import JobError, JobFailedError, PermanentError, RegistryError, TransientError
-from fleet.health import Heartbeat, Outage, ReplicaStats, count_finished
+from fleet.errors import JobError, JobFailedError, RegistryError
+from fleet.failures import Done, Outcome, RetryLater, RetryPolicy, classify, decide, unfinished_tries
+from fleet.health import Heartbeat, Outage, ReplicaStats
+from fleet.keys import cron_name, health_check_key, in_progress_key, job_key, queue_key
 from fleet.logging import get_logger
-from fleet.registry import JobSpec, P, Queue, jobs_of, queue_key
+from fleet.registry import JobSpec, P, Queue, jobs_of
 from fleet.settings import Settings
 
 log = get_logger("fleet.worker")
@@ -50,11 +53,47 @@ ERROR_CHARS = 500
 """Error text in job events is cut here: one bad payload must not flood the logs."""
 IMAGE_IDS_SHOWN = 20
 """A bulk batch's job events list at most this many of its image ids (and their count)."""
-STARTED = "fleet_started"
+STARTED: Final = "fleet_started"
 """The ctx key holding when the job's code started (for duration_ms)."""
 
-Context = dict[str, Any]
-Hook = Callable[[Context], Awaitable[None]]
+
+class Context(TypedDict, total=False):
+    """What job code and hooks find in ``ctx``. arq passes a plain dict and fills it as the
+    worker starts (arq's keys, then fleet's at start-up, then each job's), so no key is
+    required; each worker kind extends it with its own (``ImgContext``, ``LightContext``), so
+    mypy checks every key a job reads."""
+
+    redis: ArqRedis
+    job_id: str
+    job_try: int
+    enqueue_time: datetime
+    score: int
+    """The job's due time in ms (queue wait is measured from it)."""
+    lock_ttl_s: float
+    """Fleet's, passed through arq's ``ctx`` setting (see :func:`make_worker`)."""
+    settings: Settings
+    queue: Queue
+    stats: ReplicaStats
+    """The replica's numbers: a worker kind may report a problem there (health checks read it)."""
+    fleet: FleetClient
+    """For jobs that queue follow-up jobs."""
+    fleet_started: float
+
+
+C = TypeVar("C", bound=Context)
+Hook = Callable[[C], Awaitable[None]]
+
+
+def for_arq(job: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
+    """A job function as arq types it: arq passes a plain dict, which our ``Context`` types
+    (annotated, never wrapped)."""
+    return cast(WorkerCoroutine, job)
+
+
+def context_of(worker: Worker) -> Context:
+    """A worker's own ``ctx`` (arq's plain dict), typed."""
+    return cast(Context, worker.ctx)
+
 
 QUARANTINE = "fleet:quarantine"
 """The function every unacceptable payload is rerouted to, so it is dead-lettered, never run."""
@@ -68,26 +107,25 @@ TRACEBACK_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
-class Handler(Generic[P]):
+class Handler(Generic[P, C]):
     """A job function bound to the spec it implements."""
 
     spec: JobSpec[P]
-    run: Callable[[Context, P], Awaitable[Any]]
+    run: Callable[[C, P], Awaitable[Any]]
 
 
-def handles(spec: JobSpec[P]) -> Callable[[Callable[[Context, P], Awaitable[Any]]], Handler[P]]:
+def handles(spec: JobSpec[P]) -> Callable[[Callable[[C, P], Awaitable[Any]]], Handler[P, C]]:
     """Decorator: ``@handles(RENDER_UPLOAD)`` marks a coroutine as the worker side of a spec."""
 
-    def bind(run: Callable[[Context, P], Awaitable[Any]]) -> Handler[P]:
+    def bind(run: Callable[[C, P], Awaitable[Any]]) -> Handler[P, C]:
         return Handler(spec, run)
 
     return bind
 
 
-def backoff_s(job_try: int, settings: Settings) -> float:
-    """Full-jitter exponential backoff before the next try (try numbers start at 1)."""
-    ceiling = min(settings.retry_cap_s, settings.retry_base_s * 2 ** (job_try - 1))
-    return random.uniform(0, ceiling)
+def job_try(ctx: Context) -> int:
+    """This run's try number (1 for a context made by hand)."""
+    return int(ctx.get("job_try", 1))
 
 
 def image_fields(data: Any) -> dict[str, Any]:
@@ -112,7 +150,7 @@ def job_fields(ctx: Context, job: str, data: Any) -> dict[str, Any]:
         "job": serializer.printable(job),
         "queue": ctx["queue"].value,
         "job_id": serializer.printable(ctx["job_id"]),
-        "try": int(ctx.get("job_try", 1)),
+        "try": job_try(ctx),
         **image_fields(data),
     }
     if STARTED in ctx:
@@ -120,11 +158,11 @@ def job_fields(ctx: Context, job: str, data: Any) -> dict[str, Any]:
     return fields
 
 
-def error_fields(kind: str, message: str, cause: BaseException | None = None) -> dict[str, Any]:
+def error_fields(error_type: str, message: str, cause: BaseException | None = None) -> dict[str, Any]:
     """``error_type`` and ``error`` (cut at ERROR_CHARS, control characters escaped); the
     traceback only at DEBUG."""
     fields: dict[str, Any] = {
-        "error_type": serializer.printable(kind[:ERROR_CHARS]),
+        "error_type": serializer.printable(error_type[:ERROR_CHARS]),
         "error": serializer.printable(message[:ERROR_CHARS]),
     }
     if cause is not None and logging.getLogger("fleet.worker").isEnabledFor(logging.DEBUG):
@@ -136,7 +174,7 @@ async def dead_letter(
     ctx: Context,
     function: str,
     args: list[Any],
-    kind: str,
+    error_type: str,
     message: str,
     letter_id: str | None = None,
     cause: BaseException | None = None,
@@ -147,17 +185,16 @@ async def dead_letter(
     ``letter_id`` (default: the job id) tells apart several letters of one job: a bulk job
     dead-letters each image that failed for good, and finishes the rest; its event names that
     image (``args`` holds the one-image payload)."""
-    settings: Settings = ctx["settings"]
-    letters = DeadLetters.of(ctx["redis"], settings)
+    letters = DeadLetters.of(ctx["redis"], ctx["settings"])
     message = serializer.cut(message)
     letter = DeadLetter(
         job_id=letter_id or ctx["job_id"],
         queue=ctx["queue"].value,
         function=serializer.cut(function, ERROR_CHARS),
         args=args,
-        error_type=serializer.cut(kind, ERROR_CHARS),
+        error_type=serializer.cut(error_type, ERROR_CHARS),
         message=message,
-        tries=int(ctx.get("job_try", 1)),
+        tries=job_try(ctx),
         failed_at=time.time(),
     )
     await letters.add(letter)
@@ -166,125 +203,83 @@ async def dead_letter(
     fields = job_fields(ctx, function, args[0] if len(args) == 1 else None)
     if letter.job_id != fields["job_id"]:
         fields["letter_id"] = letter.job_id
-    log.error("job_dead_lettered", **fields, **error_fields(kind, message, cause))
-    return JobFailedError(kind, message)
+    log.error("job_dead_lettered", **fields, **error_fields(error_type, message, cause))
+    return JobFailedError(error_type, message)
+
+
+# --- the failure rule at work: attempt, classify -> decide -> act (the rule: fleet.failures) ---
+
+
+async def _attempt(run: Awaitable[Any], timeout_s: float | None = None) -> tuple[Any, JobError | None]:
+    """Run the job's code: its result, or what it raised, classified (``timeout_s``: it ran
+    under that timeout). arq's ``Retry`` passes through."""
+    try:
+        return await run, None
+    except Retry:
+        raise
+    except (JobError, Exception) as exc:  # noqa: BLE001 - not swallowed: classified, then ended
+        return None, classify(exc, timeout_s=timeout_s)
+
+
+async def _act(
+    ctx: Context, job: str, args: list[Any], failure: JobError | None, outcome: Outcome
+) -> BaseException | None:
+    """Log the outcome and write its dead letter; returns the exception to raise to arq (its
+    ``Retry``, or the failure it stores as the result), None when done."""
+    fields = job_fields(ctx, job, args[0] if args else None)
+    if isinstance(outcome, Done):
+        log.info("job_finished", **fields)
+        return None
+    if isinstance(outcome, RetryLater):
+        retry = Retry(defer=outcome.delay_s())
+        failed = error_fields(failure.error_type, str(failure), failure) if failure else {}
+        log.warning("job_retried", **fields, retry_in_ms=retry.defer_score, **failed)
+        return retry
+    return await dead_letter(ctx, job, args, outcome.error_type, outcome.message, cause=failure)
 
 
 def _adapt(
-    handler: Handler[Any], settings: Settings, timeout_s: float, locks: LockKeeper, stats: ReplicaStats
+    handler: Handler[Any, Any], settings: Settings, timeout_s: float, locks: LockKeeper, stats: ReplicaStats
 ) -> Function:
+    """The arq function around a handler: the payload decoded, the failure rule applied, the
+    run counted; ``timeout_s`` is ours (arq's is kept behind it: an arq timeout fails a job
+    for good)."""
     spec = handler.spec
+    policy = RetryPolicy.of(settings)
+
+    async def run(ctx: Context, data: Any) -> Any:
+        payload = spec.decode(data)
+        if overdue := unfinished_tries(job_try(ctx), settings.max_tries):
+            raise overdue
+        if spec.coalesce:
+            await coalesce.release(
+                ctx["redis"], spec.coalesce_key(settings.namespace, payload), ctx["job_id"]
+            )
+        async with asyncio.timeout(timeout_s):
+            return await handler.run(ctx, payload)
 
     async def run_job(ctx: Context, data: Any = None) -> Any:
-        labels = (ctx["queue"].value, spec.name)
-        stats.started += 1
-        metrics.JOBS_STARTED.labels(*labels).inc()
-        metrics.QUEUE_WAIT.labels(labels[0]).observe(max(0.0, time.time() - ctx.get("score", 0) / 1000))
+        counts = metrics.JobCounts(stats, ctx["queue"], spec.name)
+        counts.started(ctx.get("score", 0))
         log.info("job_started", **job_fields(ctx, spec.name, data))
-        started = ctx[STARTED] = time.perf_counter()
+        ctx[STARTED] = time.perf_counter()
         async with locks.hold(ctx):
-            try:
-                result = await _run(ctx, data)
-            except Retry as retry:
-                stats.retried += 1
-                metrics.JOBS_RETRIED.labels(*labels).inc()
-                cause = retry.__cause__
-                failure = error_fields(cause.kind, str(cause), cause) if isinstance(cause, JobError) else {}
-                fields = job_fields(ctx, spec.name, data)
-                log.warning("job_retried", **fields, retry_in_ms=retry.defer_score, **failure)
-                raise
-            except JobFailedError:  # dead_letter() logged and counted it
-                stats.dead_lettered += 1
-                await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
-                raise
-            finally:
-                metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - started)
-        stats.succeeded += 1
-        metrics.JOBS_SUCCEEDED.labels(*labels).inc()
-        log.info("job_finished", **job_fields(ctx, spec.name, data))
-        await count_finished(ctx["redis"], settings.namespace, ctx["queue"])
+            with counts.timed():
+                result, failure = await _attempt(run(ctx, data), timeout_s)
+                outcome = decide(failure, job_try(ctx), policy)
+                ending = await _act(ctx, spec.name, [data], failure, outcome)
+        await counts.ended(outcome, ctx["redis"], settings.namespace)
+        if ending is not None:
+            raise ending from failure
         return result
 
-    async def _run(ctx: Context, data: Any) -> Any:
-        job_try = int(ctx.get("job_try", 1))
-        try:
-            payload = spec.decode(data)
-            if job_try > settings.max_tries:
-                # Only reachable when runs ended without an outcome: the worker was killed
-                # or stopped during each of them.
-                raise PermanentError(
-                    f"gave up after {job_try - 1} tries that never finished", kind="TooManyTries"
-                )
-            if spec.coalesce:
-                key = spec.coalesce_key(settings.namespace, payload)
-                await coalesce.release(ctx["redis"], key, ctx["job_id"])
-            async with asyncio.timeout(timeout_s):
-                return await handler.run(ctx, payload)
-        except TimeoutError:
-            failure: JobError = TransientError(f"ran longer than {timeout_s:g} s", kind="JobTimeout")
-        except Retry:
-            raise
-        except (JobError, Exception) as exc:  # noqa: BLE001 - not swallowed: classified, then ended below
-            failure = classify(exc)
-        await end_in_failure(ctx, spec.name, [data], failure)  # run_job logs job_retried
-
     run_job.__qualname__ = run_job.__name__ = spec.name
-    # arq would fail a job past its own max_tries without us: keep that bound out of reach,
-    # and its timeout behind ours (an arq timeout fails a job for good).
-    return func(run_job, name=spec.name, max_tries=MAX_JOB_TRY, timeout=timeout_s + 10)
-
-
-_REDIS_NEVER = (
-    redis_errors.AuthenticationError,
-    redis_errors.AuthorizationError,
-    redis_errors.MaxConnectionsError,
-)
-"""Connection errors retrying cannot cure: a wrong password or ACL, a pool too small."""
-_REDIS_TRANSIENT = (
-    redis_errors.ConnectionError,  # includes BusyLoadingError (a replica loading its data)
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,  # a replica that was the primary before a failover
-    redis_errors.ClusterDownError,  # includes MasterDownError
-    redis_errors.TryAgainError,
-    redis_errors.AskError,  # includes MovedError: slots moving during a failover
-    redis_errors.OutOfMemoryError,  # maxmemory: eviction or a drained queue frees room
-    redis_errors.WatchError,
-)
-"""Redis errors that may succeed when tried again; every other one (WRONGTYPE, NOSCRIPT, a
-wrong password, a bad argument) never will."""
-
-
-def classify(exc: BaseException) -> JobError:
-    """How an exception out of job code ends the job: a :class:`JobError` says so itself;
-    Redis or a connection gone mid-job is transient; a Redis error retrying cannot cure, and
-    anything else, is a permanent failure (dead-lettered with its class and message, never
-    swallowed). Messages are cut at MAX_MESSAGE_CHARS."""
-    if isinstance(exc, JobError):
-        if len(str(exc)) > serializer.MAX_MESSAGE_CHARS:  # it travels on in arq's log of the failure
-            exc.args = (serializer.cut(str(exc)),)
-        return exc
-    message = serializer.cut(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, _REDIS_NEVER):
-        return PermanentError(message, kind="RedisRefused")
-    if isinstance(exc, (*_REDIS_TRANSIENT, ConnectionError)):  # Redis or another service away mid-job
-        return TransientError(message, kind="ServiceUnavailable")
-    if isinstance(exc, RedisError):
-        return PermanentError(message, kind="RedisRefused")
-    return PermanentError(message, kind=f"Unexpected{type(exc).__name__}")
-
-
-async def end_in_failure(ctx: Context, job: str, args: list[Any], failure: JobError) -> NoReturn:
-    """Retry later (transient, tries left: arq's ``Retry`` with backoff) or dead-letter."""
-    settings: Settings = ctx["settings"]
-    job_try = int(ctx.get("job_try", 1))
-    if not failure.permanent and job_try < settings.max_tries:
-        raise Retry(defer=backoff_s(job_try, settings)) from failure
-    message = str(failure) if failure.permanent else f"gave up after {job_try} tries: {failure}"
-    raise await dead_letter(ctx, job, args, failure.kind, message, cause=failure) from failure
+    # arq would fail a job past its own max_tries without us: keep that bound out of reach.
+    return func(for_arq(run_job), name=spec.name, max_tries=MAX_JOB_TRY, timeout=timeout_s + 10)
 
 
 def fleet_cron(
-    run: Callable[[Context], Awaitable[Any]], *, name: str, settings: Settings, period_s: int, **schedule: Any
+    run: Callable[[C], Awaitable[Any]], *, name: str, settings: Settings, period_s: int, **schedule: Any
 ) -> CronJob:
     """An arq cron job under the same failure model as every other job.
 
@@ -293,34 +288,21 @@ def fleet_cron(
     with backoff and a permanent one is dead-lettered with its reason. ``unique``: every
     replica offers the run of a slot under one job id, so it runs once; the result is kept for
     two periods, so a replica that comes late to a slot cannot run it again."""
+    policy = RetryPolicy.of(settings)
 
-    async def run_cron(ctx: Context) -> Any:
+    async def run_cron(ctx: C) -> Any:
         log.info("job_started", **job_fields(ctx, name, None))
         ctx[STARTED] = time.perf_counter()
-        try:
-            result = await run(ctx)
-        except Retry:
-            raise
-        except (JobError, Exception) as exc:  # noqa: BLE001 - not swallowed: classified, then ended below
-            failure = classify(exc)
-            try:
-                await end_in_failure(ctx, name, [], failure)
-            except Retry as retry:
-                fields = job_fields(ctx, name, None)
-                log.warning(
-                    "job_retried",
-                    **fields,
-                    retry_in_ms=retry.defer_score,
-                    **error_fields(failure.kind, str(failure), failure),
-                )
-                raise
-        log.info("job_finished", **job_fields(ctx, name, None))
+        result, failure = await _attempt(run(ctx))
+        ending = await _act(ctx, name, [], failure, decide(failure, job_try(ctx), policy))
+        if ending is not None:
+            raise ending from failure
         return result
 
     run_cron.__qualname__ = run_cron.__name__ = name
     return cron(
-        run_cron,
-        name=f"{settings.namespace}:{name}",
+        for_arq(run_cron),
+        name=cron_name(settings.namespace, name),
         unique=True,
         max_tries=MAX_JOB_TRY,
         keep_result=max(settings.keep_result_s, 2 * period_s),
@@ -403,7 +385,7 @@ class LockKeeper:
         job_id = ctx["job_id"]
         self.running.add(job_id)
         try:
-            await ctx["redis"].pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
+            await ctx["redis"].pexpire(in_progress_key(job_id), self.ttl_ms)
             yield
         finally:
             self.running.discard(job_id)
@@ -425,7 +407,7 @@ class LockKeeper:
                 try:
                     async with ctx["redis"].pipeline(transaction=False) as pipe:
                         for job_id in list(self.running):
-                            pipe.pexpire(in_progress_key_prefix + job_id, self.ttl_ms)
+                            pipe.pexpire(in_progress_key(job_id), self.ttl_ms)
                         await pipe.execute()
                 except (RedisError, OSError) as exc:  # Redis away, however long: the next round tries again
                     outage.failed(exc)
@@ -433,21 +415,8 @@ class LockKeeper:
                     outage.ended()
 
 
-def build_worker(
-    queue: Queue,
-    handlers: Sequence[Handler[Any]],
-    settings: Settings,
-    *,
-    on_startup: Hook | None = None,
-    on_shutdown: Hook | None = None,
-    max_jobs: int = 10,
-    job_timeout_s: float = 300,
-    cron_jobs: Sequence[CronJob] = (),
-) -> dict[str, Any]:
-    """arq worker settings for ``queue`` (a dict the stock ``arq`` CLI accepts).
-
-    Refuses to build unless ``handlers`` covers exactly the registry's jobs for ``queue``.
-    """
+def check_handlers(queue: Queue, handlers: Sequence[Handler[Any, Any]]) -> None:
+    """Refuse a worker whose handlers are not exactly the registry's jobs for ``queue``."""
     expected = {spec.name for spec in jobs_of(queue)}
     given = [h.spec.name for h in handlers]
     if strays := [h.spec.name for h in handlers if h.spec.queue is not queue]:
@@ -457,43 +426,72 @@ def build_worker(
     if len(given) != len(set(given)):
         raise RegistryError(f"worker for {queue} registers a job twice: {given}")
 
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle(Generic[C]):
+    """A replica's start and stop around the worker kind's own hooks: fleet's keys in ``ctx``,
+    job locks, metrics, and the heartbeat (beating only once the replica can serve)."""
+
+    queue: Queue
+    settings: Settings
+    locks: LockKeeper
+    heartbeat: Heartbeat
+    on_startup: Hook[C] | None = None
+    on_shutdown: Hook[C] | None = None
+
+    async def startup(self, ctx: C) -> None:
+        ctx["settings"] = self.settings
+        ctx["queue"] = self.queue
+        ctx["stats"] = self.heartbeat.stats
+        ctx["fleet"] = FleetClient(ctx["redis"], self.settings)
+        self.locks.start(ctx)
+        if self.on_startup is not None:
+            await self.on_startup(ctx)
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+        metrics.start_refreshing(ctx["redis"], self.settings)
+        self.heartbeat.start(ctx["redis"])
+
+    async def shutdown(self, ctx: C) -> None:
+        await metrics.stop_refreshing()
+        await self.heartbeat.stop(ctx["redis"])
+        await self.locks.stop()
+        if self.on_shutdown is not None:
+            await self.on_shutdown(ctx)
+
+
+def build_worker(
+    queue: Queue,
+    handlers: Sequence[Handler[Any, C]],
+    settings: Settings,
+    *,
+    on_startup: Hook[C] | None = None,
+    on_shutdown: Hook[C] | None = None,
+    max_jobs: int = 10,
+    job_timeout_s: float = 300,
+    cron_jobs: Sequence[CronJob] = (),
+) -> dict[str, Any]:
+    """arq worker settings for ``queue`` (a dict the stock ``arq`` CLI accepts).
+
+    Refuses to build unless ``handlers`` covers exactly the registry's jobs for ``queue``.
+    """
+    check_handlers(queue, handlers)
     locks = LockKeeper(settings.lock_ttl_s)
     stats = ReplicaStats(running=locks.running)
-    heartbeat = Heartbeat(settings, queue, stats)
-
-    async def startup(ctx: Context) -> None:
-        ctx["settings"] = settings
-        ctx["queue"] = queue
-        ctx["stats"] = stats  # a worker kind may report a problem there (health checks read it)
-        ctx["fleet"] = FleetClient(ctx["redis"], settings)  # for jobs that queue follow-up jobs
-        locks.start(ctx)
-        if on_startup is not None:
-            await on_startup(ctx)
-        metrics.serve(settings.metrics_port, settings.metrics_host)
-        metrics.start_refreshing(ctx["redis"], settings)
-        heartbeat.start(ctx["redis"])  # live only once it can serve
-
-    async def shutdown(ctx: Context) -> None:
-        await metrics.stop_refreshing()
-        await heartbeat.stop(ctx["redis"])
-        await locks.stop()
-        if on_shutdown is not None:
-            await on_shutdown(ctx)
-
+    life = Lifecycle(queue, settings, locks, Heartbeat(settings, queue, stats), on_startup, on_shutdown)
     name = queue_key(settings.namespace, queue)
     functions = [_adapt(h, settings, job_timeout_s, locks, stats) for h in handlers]
     arity = {f.name: 1 for f in functions} | {c.name: 0 for c in cron_jobs}
-    functions.append(func(_quarantine, name=QUARANTINE, max_tries=MAX_JOB_TRY))
+    functions.append(func(for_arq(_quarantine), name=QUARANTINE, max_tries=MAX_JOB_TRY))
     return {
         "functions": functions,
         "queue_name": name,
-        "health_check_key": f"{name}:health-check",
+        "health_check_key": health_check_key(name),
         "redis_settings": worker_redis_settings(settings),
         "job_serializer": serializer.serialize,
         "job_deserializer": quarantining_deserializer(arity),
         "cron_jobs": list(cron_jobs),
-        "on_startup": startup,
-        "on_shutdown": shutdown,
+        "on_startup": life.startup,
+        "on_shutdown": life.shutdown,
         "max_jobs": max_jobs,
         "poll_delay": settings.poll_delay_s,
         "job_timeout": job_timeout_s + 10,
@@ -559,7 +557,7 @@ class FleetWorker(Worker):
     async def _wait_while_idle(self) -> None:
         """Wait for a wake token, at most IDLE_POLL_S and never past the next deferred job's
         due time or the next cron run; Redis away: the next poll reports it."""
-        settings: Settings | None = self.ctx.get("settings")
+        settings = context_of(self).get("settings")
         if settings is None or not settings.wake_on_enqueue or self.redis_settings is None:
             return
         if self._waiter is None:
@@ -606,7 +604,7 @@ class FleetWorker(Worker):
         job whose key expired before it ran is dead-lettered, and one arq cannot start
         (whatever got past the envelope checks) is dead-lettered and taken off the queue."""
         try:
-            if not await self.pool.exists(job_key_prefix + job_id):
+            if not await self.pool.exists(job_key(job_id)):
                 await self._dead_letter_unrunnable(job_id, "JobExpired", _expired_message(score))
             await super().run_job(job_id, score)
         except (RedisError, OSError):
@@ -616,11 +614,11 @@ class FleetWorker(Worker):
             await self._dead_letter_unrunnable(job_id, "UnrunnableJob", message)
             await self.finish_failed_job(job_id, None)
 
-    async def _dead_letter_unrunnable(self, job_id: str, kind: str, message: str) -> None:
-        raw = await self.pool.get(job_key_prefix + job_id)
+    async def _dead_letter_unrunnable(self, job_id: str, error_type: str, message: str) -> None:
+        raw = await self.pool.get(job_key(job_id))
         args = [raw[:2000].decode(errors="replace")] if raw else []
-        ctx = {**self.ctx, "job_id": job_id, "job_try": 1}
-        await dead_letter(ctx, f"({kind})", args, kind, message)
+        ctx: Context = {**context_of(self), "job_id": job_id, "job_try": 1}
+        await dead_letter(ctx, f"({error_type})", args, error_type, message)
 
 
 def _expired_message(score: int) -> str:

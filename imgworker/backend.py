@@ -1,5 +1,6 @@
-"""Where renders run. Jobs talk to a :class:`RenderBackend`, so a GPU backend can replace the
-process pool later without touching jobs or queues.
+"""Where renders run. Jobs talk to a :class:`RenderBackend`: the process pool here, or the GPU
+backend (:mod:`imgworker.gpu.backend`, RENDER_BACKEND=gpu) in front of it, without touching
+jobs or queues.
 
 The process pool keeps CPU work off the worker's event loop: a loop busy decoding cannot poll
 Redis, renew job locks or answer a signal. It is our own small pool rather than
@@ -22,14 +23,20 @@ import resource
 import struct
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from imgworker.render import RenderOptions, RenderRequest, RenderResult, render
 from imgworker.render.storage import Where
 
-LOST = ("RenderProcessCrashed", "RenderTimeout")
-"""Error types of renders whose process died or was killed: the input may be to blame."""
+
+@dataclass(slots=True)
+class RenderLost(RenderResult):
+    """A render whose process died (``RenderProcessCrashed``) or was killed at its timeout
+    (``RenderTimeout``): the input may be to blame, so it is retried once, and dead-lettered
+    when the same original loses its process again. Made here, in the worker: it never
+    crosses the pipe."""
 
 
 class Priority(enum.IntEnum):
@@ -356,10 +363,10 @@ class ProcessPoolBackend:
         self._idle.clear()
 
 
-def _lost(request: RenderRequest, error_type: str, message: str) -> RenderResult:
-    return RenderResult(
+def _lost(request: RenderRequest, error_type: str, message: str) -> RenderLost:
+    return RenderLost(
         request.image_id,
-        f"fullsize/{request.filename}.{request.ext}",
+        request.file,
         ok=False,
         error=message,
         error_type=error_type,

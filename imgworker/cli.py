@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fleet.board import Folder
 from fleet.paths import UnsafePathError, inside
 from fleet.settings import get_settings
 from imgworker.backend import configure_vips
 from imgworker.config import render_options
 from imgworker.render import RenderRequest, RenderResult, render
-from imgworker.render.storage import ORIGINALS, not_a_symlink
+from imgworker.render.storage import not_a_symlink
 
 
 def register(sub: Any) -> None:
@@ -53,12 +54,12 @@ def stage(file: Path, storage: Path | None, replace: bool = False) -> tuple[Path
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such file")
     if storage is None:
-        storage = file.parent.parent if file.parent.name == ORIGINALS else get_settings().storage_path
-    stored = not_a_symlink(inside(storage, storage / ORIGINALS) / file.name)
+        storage = file.parent.parent if file.parent.name == Folder.ORIGINALS else get_settings().storage_path
+    stored = not_a_symlink(inside(storage, storage / Folder.ORIGINALS) / file.name)
     if stored != file:
         if stored.exists() and not replace and not filecmp.cmp(stored, file, shallow=False):
             raise OriginalExistsError(
-                f"{ORIGINALS}/{stored.name} in {storage} is another original: not overwritten "
+                f"{Folder.ORIGINALS}/{stored.name} in {storage} is another original: not overwritten "
                 "(--replace to overwrite it)"
             )
         stored.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fleet.objects import bucket_config, bucket_pair
 from fleet.settings import Settings
-from imgworker.render import RenderOptions, default_options
+from imgworker.render import RenderOptions, options_of
 from imgworker.render.storage import ObjectStore, StatusBuckets
 
 
@@ -17,18 +17,8 @@ def render_options(
 ) -> RenderOptions:
     """The render options for ``settings``; a bulk run may ask for only some ``variants``
     (the IQDB JPEG comes with the thumbnail), and to skip current outputs (``mode``)."""
-    options = default_options(
-        thumb_width=settings.thumb_width,
-        thumb_height=settings.thumb_height,
-        thumb_format=settings.thumb_format,
-        thumb_quality=settings.thumb_quality,
-        thumb_sharpen=settings.thumb_sharpen,
-        medium_edge=settings.medium_edge,
-        large_edge=settings.large_edge,
-        variant_quality=settings.variant_quality,
-        max_pixels=settings.max_pixels,
-        decode_budget_mb=settings.render_decode_budget_mb,
-        iqdb=settings.iqdb_url is not None,
+    options = options_of(
+        settings.render, max_pixels=settings.max_pixels, decode_budget_mb=settings.render_decode_budget_mb
     )
     if variants:
         wanted = set(variants) | ({"iqdb"} if "thumb" in variants else set())

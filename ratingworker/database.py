@@ -58,7 +58,7 @@ async def write_variant_flags(
                 where = sa.and_(images.c.image_id == image_id, images.c.r2_location == int(R2Location.NONE))
                 await conn.execute(sa.update(images).where(where).values(r2_location=r2_location))
     if done.rowcount == 0:
-        raise PermanentError(f"no image {image_id}", kind="UnknownImage")
+        raise PermanentError(f"no image {image_id}", error_type="UnknownImage")
 
 
 async def store_iqdb_hash(
@@ -125,7 +125,7 @@ async def recalculate_rating(engine: AsyncEngine, image_id: int, prior: Prior) -
                 )
             )
     if done.rowcount == 0:
-        raise PermanentError(f"no image {image_id}", kind="UnknownImage")
+        raise PermanentError(f"no image {image_id}", error_type="UnknownImage")
 
 
 # --- review deadlines ---------------------------------------------------------------------------

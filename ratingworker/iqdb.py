@@ -25,6 +25,15 @@ _HASH = re.compile(r"[\x21-\x7e]{1,1024}")
 """A plausible hash: 1 to 1024 printable ASCII characters (danbooru/iqdb's are 533)."""
 
 
+class IqdbRejected(PermanentError):
+    """IQDB answered a 3xx or 4xx: the same request will be refused again. ``status`` is the
+    HTTP status (a 404 to a delete means the image was never indexed)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class IqdbClient:
     def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s)
@@ -42,7 +51,7 @@ class IqdbClient:
             raise PermanentError(
                 f"IQDB answered POST /images/{image_id} with an implausible hash "
                 f"({len(digest)} characters, not 1 to 1024 printable ones): {_cut(repr(digest))}",
-                kind="IqdbBadAnswer",
+                error_type="IqdbBadAnswer",
             )
         return digest
 
@@ -50,8 +59,8 @@ class IqdbClient:
         """Remove ``image_id``; False when IQDB did not have it (404 counts as done)."""
         try:
             await self._call("DELETE", f"/images/{image_id}")
-        except PermanentError as exc:
-            if getattr(exc, "status", None) == 404:
+        except IqdbRejected as exc:
+            if exc.status == 404:
                 return False
             raise
         return True
@@ -74,11 +83,9 @@ class IqdbClient:
             reason = f"{status} {_error_text(body, complete)}"
             if status < 400:
                 reason = f"{status} redirect to {_cut(response.headers.get('location', '?'))} (not followed)"
-            error = PermanentError(f"{what}: {reason}", kind="IqdbRejected")
-            error.status = status  # type: ignore[attr-defined]
-            raise error
+            raise IqdbRejected(f"{what}: {reason}", status)
         if not complete:
-            raise TransientError(f"{what}: answer over {MAX_ANSWER_BYTES} bytes", kind="IqdbBadAnswer")
+            raise TransientError(f"{what}: answer over {MAX_ANSWER_BYTES} bytes", error_type="IqdbBadAnswer")
         try:
             return json.loads(body)
         except ValueError as exc:

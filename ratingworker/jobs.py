@@ -9,9 +9,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from fleet.board import utc_now
-from fleet.db import BoardSchema
+from fleet.db import BoardSchema, SchemaProbe
 from fleet.errors import PermanentError, TransientError
+from fleet.keys import rating_prior_key
 from fleet.objects import BucketConfig, buckets, first_line, missing_object, open_bucket, refusal
 from fleet.paths import UnsafePathError, stored_file, stored_key
 from fleet.registry import (
@@ -34,8 +37,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("ratingworker.jobs")
 
 
+class LightContext(Context, total=False):
+    """A light worker's ``ctx``: the board's database, and for the IQDB worker its client and
+    where the JPEGs are read (absent with IQDB_URL unset)."""
+
+    db: AsyncEngine
+    schema: SchemaProbe
+    """The board's optional columns, probed once (again at the first job if the database was
+    away at start-up)."""
+    db_watch: asyncio.Task[None]
+    """The database check behind the replica's health (workers only, not ``fleet cron``)."""
+    iqdb: IqdbClient
+    jpegs: JpegSource
+
+
 @handles(WRITE_VARIANT_FLAGS)
-async def write_variant_flags(ctx: Context, payload: VariantFlags) -> None:
+async def write_variant_flags(ctx: LightContext, payload: VariantFlags) -> None:
     location = payload.r2_location
     if location is not None and not (await _schema(ctx)).can("r2_location"):
         location = None  # a board without the column: the flags alone
@@ -45,15 +62,15 @@ async def write_variant_flags(ctx: Context, payload: VariantFlags) -> None:
 
 
 @handles(RECALCULATE_RATING)
-async def recalculate_rating(ctx: Context, payload: ImageRef) -> None:
+async def recalculate_rating(ctx: LightContext, payload: ImageRef) -> None:
     prior = await cached_prior(ctx)
     await database.recalculate_rating(ctx["db"], payload.image_id, prior)
 
 
-async def cached_prior(ctx: Context) -> database.Prior:
+async def cached_prior(ctx: LightContext) -> database.Prior:
     """The global prior, computed at most once per RATING_PRIOR_TTL_S across all replicas."""
-    settings: Settings = ctx["settings"]
-    key = f"{settings.namespace}:rating:prior"
+    settings = ctx["settings"]
+    key = rating_prior_key(settings.namespace)
     cached = await ctx["redis"].get(key)
     if cached is not None:
         weight, mean = json.loads(cached)
@@ -84,15 +101,15 @@ class JpegSource:
             if not self.buckets:
                 return await asyncio.to_thread(stored_file(self.root, key).read_bytes)
         except UnsafePathError as exc:
-            raise PermanentError(str(exc), kind="UnsafePathError") from exc
+            raise PermanentError(str(exc), error_type="UnsafePathError") from exc
         except FileNotFoundError as exc:
-            raise PermanentError(f"{relative} does not exist", kind="MissingThumbnail") from exc
+            raise PermanentError(f"{relative} does not exist", error_type="MissingThumbnail") from exc
         for bucket, client in self.buckets:
             found = await _get(bucket, client, key)
             if found is not None:
                 return found
         names = " or ".join(bucket.bucket for bucket, _ in self.buckets)
-        raise PermanentError(f"{key} is not in bucket {names}", kind="MissingThumbnail")
+        raise PermanentError(f"{key} is not in bucket {names}", error_type="MissingThumbnail")
 
 
 async def _get(bucket: BucketConfig, client: S3Store, key: str) -> bytes | None:
@@ -108,27 +125,22 @@ async def _get(bucket: BucketConfig, client: S3Store, key: str) -> bytes | None:
             return None
         refused = refusal(bucket, "read", key, exc)
         if refused is not None:
-            raise PermanentError(refused, kind="BucketRefusedError") from exc
+            raise PermanentError(refused, error_type="BucketRefusedError") from exc
         where = f"bucket {bucket.bucket} at {bucket.endpoint or 'AWS S3'}"
         raise TransientError(f"cannot read {key} in {where}: {first_line(exc)}") from exc
 
 
-def _source(ctx: Context) -> JpegSource:
+def _source(ctx: LightContext) -> JpegSource:
     """The worker's source, opened at start-up (or now, for a context made by hand)."""
-    source: JpegSource | None = ctx.get("jpegs")
+    source = ctx.get("jpegs")
     if source is None:
         source = ctx["jpegs"] = JpegSource.for_settings(ctx["settings"])
     return source
 
 
-def _iqdb(ctx: Context) -> IqdbClient | None:
-    client: IqdbClient | None = ctx.get("iqdb")
-    return client
-
-
 @handles(INDEX_IQDB)
-async def index_iqdb(ctx: Context, payload: IqdbIndex) -> dict[str, Any]:
-    iqdb = _iqdb(ctx)
+async def index_iqdb(ctx: LightContext, payload: IqdbIndex) -> dict[str, Any]:
+    iqdb = ctx.get("iqdb")
     if iqdb is None:
         return {"skipped": "IQDB_URL not set"}
     jpeg = await _source(ctx).read(payload.path)
@@ -138,8 +150,8 @@ async def index_iqdb(ctx: Context, payload: IqdbIndex) -> dict[str, Any]:
 
 
 @handles(DELETE_FROM_IQDB)
-async def delete_from_iqdb(ctx: Context, payload: ImageRef) -> dict[str, Any]:
-    iqdb = _iqdb(ctx)
+async def delete_from_iqdb(ctx: LightContext, payload: ImageRef) -> dict[str, Any]:
+    iqdb = ctx.get("iqdb")
     if iqdb is None:
         return {"skipped": "IQDB_URL not set"}
     existed = await iqdb.delete(payload.image_id)
@@ -147,17 +159,16 @@ async def delete_from_iqdb(ctx: Context, payload: ImageRef) -> dict[str, Any]:
     return {"image_id": payload.image_id, "existed": existed}
 
 
-async def _schema(ctx: Context) -> BoardSchema:
-    schema: BoardSchema = await ctx["schema"].get()
-    return schema
+async def _schema(ctx: LightContext) -> BoardSchema:
+    return await ctx["schema"].get()
 
 
 # --- cron jobs: each takes only the worker's context, so `fleet cron NAME` can run it now ---
 
 
-async def close_expired_reviews(ctx: Context) -> dict[str, int]:
+async def close_expired_reviews(ctx: LightContext) -> dict[str, int]:
     """Settle reviews past their deadline (hourly by default, like the board's own cron)."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     run = await database.close_expired_reviews(
         ctx["db"],
         await _schema(ctx),
@@ -169,9 +180,9 @@ async def close_expired_reviews(ctx: Context) -> dict[str, int]:
     return {"closed_keep": run.closed_keep, "closed_remove": run.closed_remove, "extended": run.extended}
 
 
-async def prune_admin_actions(ctx: Context) -> dict[str, int]:
+async def prune_admin_actions(ctx: LightContext) -> dict[str, int]:
     """Delete audit rows older than ADMIN_ACTION_RETENTION_DAYS (daily)."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     retention = timedelta(days=settings.admin_action_retention_days)
     deleted = await database.prune_admin_actions(ctx["db"], utc_now(), retention)
     log.info("admin_actions pruned: %d older than %s days", deleted, retention.days)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from arq.cron import CronJob
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet.db import SchemaProbe, classify_db_error, create_engine
@@ -18,14 +20,15 @@ from fleet.errors import FleetError, TransientError
 from fleet.health import ReplicaStats
 from fleet.registry import CRON_JOBS, Queue
 from fleet.settings import Settings, get_settings
-from fleet.worker import Context, build_worker, fleet_cron
+from fleet.worker import Handler, Hook, build_worker, fleet_cron
 from ratingworker import jobs
 from ratingworker.iqdb import IqdbClient
+from ratingworker.jobs import LightContext
 
 log = logging.getLogger("ratingworker")
 
 
-async def _open_db(ctx: Context) -> None:
+async def _open_db(ctx: LightContext) -> None:
     """The engine, and the board's schema probed now (its missing optional columns are
     logged once); a database away at start-up is probed again at the first job. A worker
     (not a one-off ``fleet cron``) also watches the database for its health checks."""
@@ -39,7 +42,7 @@ async def _open_db(ctx: Context) -> None:
         ctx["db_watch"] = asyncio.create_task(_watch_database(ctx["db"], ctx["stats"], ctx["settings"]))
 
 
-async def _close_db(ctx: Context) -> None:
+async def _close_db(ctx: LightContext) -> None:
     if "db_watch" in ctx:
         ctx["db_watch"].cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -68,7 +71,7 @@ async def _watch_database(engine: AsyncEngine, stats: ReplicaStats, settings: Se
 
 
 def iqdb_worker_settings(settings: Settings) -> dict[str, Any]:
-    async def startup(ctx: Context) -> None:
+    async def startup(ctx: LightContext) -> None:
         await _open_db(ctx)
         if settings.iqdb_url:
             ctx["iqdb"] = IqdbClient(settings.iqdb_url, settings.iqdb_timeout_s)
@@ -76,20 +79,13 @@ def iqdb_worker_settings(settings: Settings) -> dict[str, Any]:
         else:
             log.warning("IQDB_URL is not set: IQDB indexing is switched off")
 
-    async def shutdown(ctx: Context) -> None:
+    async def shutdown(ctx: LightContext) -> None:
         if "iqdb" in ctx:
             await ctx["iqdb"].aclose()
         await _close_db(ctx)
 
-    return build_worker(
-        Queue.IQDB,
-        [jobs.index_iqdb, jobs.delete_from_iqdb],
-        settings,
-        on_startup=startup,
-        on_shutdown=shutdown,
-        max_jobs=settings.light_max_jobs,
-        job_timeout_s=settings.iqdb_timeout_s * 3,
-    )
+    handlers: list[Handler[Any, LightContext]] = [jobs.index_iqdb, jobs.delete_from_iqdb]
+    return _light_worker(Queue.IQDB, handlers, settings, (startup, shutdown), settings.iqdb_timeout_s * 3)
 
 
 def review_schedule(every_s: int) -> dict[str, Any]:
@@ -101,7 +97,7 @@ def review_schedule(every_s: int) -> dict[str, Any]:
     return {"hour": set(range(0, 24, every_s // 3600)), "minute": 0, "second": 0}
 
 
-def cron_jobs(settings: Settings) -> list[Any]:
+def cron_jobs(settings: Settings) -> list[CronJob]:
     """The database cron jobs, each once per slot across every replica."""
     reviews = fleet_cron(
         jobs.close_expired_reviews,
@@ -123,15 +119,29 @@ def cron_jobs(settings: Settings) -> list[Any]:
 
 
 def db_worker_settings(settings: Settings) -> dict[str, Any]:
+    handlers: list[Handler[Any, LightContext]] = [jobs.write_variant_flags, jobs.recalculate_rating]
+    return _light_worker(Queue.DB, handlers, settings, (_open_db, _close_db), 60, cron_jobs(settings))
+
+
+def _light_worker(
+    queue: Queue,
+    handlers: list[Handler[Any, LightContext]],
+    settings: Settings,
+    hooks: tuple[Hook[LightContext], Hook[LightContext]],
+    job_timeout_s: float,
+    crons: Sequence[CronJob] = (),
+) -> dict[str, Any]:
+    """A light queue's worker: LIGHT_MAX_JOBS jobs at once, each waiting on I/O; ``hooks``:
+    start-up and shutdown."""
     return build_worker(
-        Queue.DB,
-        [jobs.write_variant_flags, jobs.recalculate_rating],
+        queue,
+        handlers,
         settings,
-        on_startup=_open_db,
-        on_shutdown=_close_db,
+        on_startup=hooks[0],
+        on_shutdown=hooks[1],
         max_jobs=settings.light_max_jobs,
-        job_timeout_s=60,
-        cron_jobs=cron_jobs(settings),
+        job_timeout_s=job_timeout_s,
+        cron_jobs=crons,
     )
 
 
@@ -139,7 +149,7 @@ async def run_cron_once(name: str, settings: Settings) -> Any:
     """Run one cron job now, in this process (``fleet cron NAME``): for operators and tests."""
     if name not in CRON_JOBS:
         raise FleetError(f"no cron job {name!r}; there are {', '.join(sorted(CRON_JOBS))}")
-    ctx: Context = {"settings": settings}
+    ctx: LightContext = {"settings": settings}
     await _open_db(ctx)
     try:
         return await getattr(jobs, name)(ctx)

@@ -14,8 +14,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-UPLOAD_VALUES: dict[str, Any] = {"user_id": 1, "ip": "127.0.0.1", "status": 1, "reason_category": 1}
+from fleet.board import DeactivationReason, ImageStatus, ReviewOutcome, ReviewStatus, VariantStatus
+
+UPLOAD_VALUES: dict[str, Any] = {
+    "user_id": 1,
+    "ip": "127.0.0.1",
+    "status": ImageStatus.ACTIVE,
+    "reason_category": DeactivationReason.INAPPROPRIATE,
+}
 """What an upload or a moderator gives the required columns fleet does not care about."""
+
+PENDING_VARIANTS: dict[str, Any] = {"medium": VariantStatus.PENDING, "large": VariantStatus.PENDING}
+"""The variant flags of an upload over both edges, as the board inserts it: a render settles them."""
 
 
 async def table(engine: AsyncEngine, name: str) -> sa.Table:
@@ -77,7 +87,11 @@ async def add_review(
         "deadline": deadline,
         "extension_used": extension_used,
     }
-    await insert(engine, "image_reviews", [{**review, "status": 0, "outcome": 0, **columns}])
+    await insert(
+        engine,
+        "image_reviews",
+        [{**review, "status": ReviewStatus.OPEN, "outcome": ReviewOutcome.PENDING, **columns}],
+    )
     await _advance_sequence(engine, "image_reviews", "review_id")
     if votes:
         await insert(

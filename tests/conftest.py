@@ -138,12 +138,13 @@ def postgres_url() -> str:
 
 
 BOARD_SCHEMAS = {
-    "mariadb-seed": ("mysql_url", "mariadb_seed.sql"),
-    "mariadb": ("mysql_url", "mariadb_head.sql"),
-    "postgres": ("postgres_url", "postgres_head.sql"),
+    "mariadb-seed": ("mysql_url", ("mariadb_seed.sql",)),
+    "mariadb": ("mysql_url", ("mariadb_seed.sql", "mariadb_migrations.sql")),
+    "postgres": ("postgres_url", ("postgres_head.sql",)),
 }
-"""The board's real tables (tests/board_schema/, written from docs/board.md): the seed-era
-board on MariaDB, and today's on MariaDB and PostgreSQL."""
+"""The board's real tables (tests/board_schema/, written from docs/board.md), each kind's DDL
+files run in order: the seed-era board on MariaDB; today's on MariaDB, as the board's
+migrations took the seed-era tables there; today's on PostgreSQL (a frozen baseline)."""
 
 
 @contextlib.asynccontextmanager
@@ -152,7 +153,7 @@ async def board_database(request: pytest.FixtureRequest, kind: str) -> AsyncIter
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    server_fixture, ddl = BOARD_SCHEMAS[kind]
+    server_fixture, ddl_files = BOARD_SCHEMAS[kind]
     server_url: str = request.getfixturevalue(server_fixture)
     name = f"fleet_test_{uuid.uuid4().hex[:12]}"
     quote = "`" if server_fixture == "mysql_url" else '"'
@@ -163,7 +164,8 @@ async def board_database(request: pytest.FixtureRequest, kind: str) -> AsyncIter
     engine = create_async_engine(url)
     try:
         statements = "\n".join(
-            line for line in (Path(__file__).parent / "board_schema" / ddl).read_text().splitlines()
+            line for ddl in ddl_files
+            for line in (Path(__file__).parent / "board_schema" / ddl).read_text().splitlines()
             if not line.startswith("--")
         ).split(";")  # fmt: skip
         async with engine.begin() as conn:

@@ -22,7 +22,8 @@ from fleet.client import FleetClient
 from fleet.db import create_engine
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError
-from fleet.registry import Queue, queue_key
+from fleet.keys import queue_key
+from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings as img_worker_settings
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings

@@ -20,13 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fleet import db
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
-from fleet.registry import Queue, queue_key
+from fleet.keys import queue_key
+from fleet.registry import Queue
+from fleet.render_settings import RenderSettings
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 from imgworker.backend import Priority, ProcessPoolBackend
-from imgworker.render import RenderRequest, default_options
+from imgworker.render import RenderRequest, options_of
 from imgworker.worker import worker_settings
 from tests import images
+from tests.board import PENDING_VARIANTS
 from tests.conftest import running_worker
 from tests.iqdb_server import IqdbServer
 
@@ -42,7 +45,7 @@ async def board(settings: Settings, count: int, distinct: int = 12) -> AsyncEngi
     for image_id in range(1, count + 1):
         name = f"2025-{1 + image_id % 12:02d}-{1 + image_id % 28:02d}-{image_id}"
         os.link(full / f"{sources[image_id % distinct][0]}.jpg", full / f"{name}.jpg")
-        rows.append({"image_id": image_id, "filename": name, "ext": "jpg", "medium": 2, "large": 2})
+        rows.append({"image_id": image_id, "filename": name, "ext": "jpg", **PENDING_VARIANTS})
     engine = db.create_engine(settings)
     await db.create_schema(engine)
     async with engine.begin() as conn:
@@ -239,7 +242,7 @@ async def _settle(check: Any, want: Any = True, timeout_s: float = 30) -> None:
 
 async def test_uploads_overtake_queued_bulk_renders(storage: Path) -> None:
     name = images.jpeg(storage, "b.jpg", 1600, 1200)
-    backend = ProcessPoolBackend(storage, default_options(), size=1)
+    backend = ProcessPoolBackend(storage, options_of(RenderSettings()), size=1)
     finished: list[str] = []
     try:
         await backend.warm_up()
@@ -259,7 +262,7 @@ async def test_uploads_overtake_queued_bulk_renders(storage: Path) -> None:
 
 async def test_a_reserved_process_lets_an_upload_start_during_a_saturating_bulk_run(storage: Path) -> None:
     name = images.jpeg(storage, "b.jpg", 1600, 1200)
-    backend = ProcessPoolBackend(storage, default_options(), size=2, reserve=1)
+    backend = ProcessPoolBackend(storage, options_of(RenderSettings()), size=2, reserve=1)
     started: list[str] = []
     try:
         await backend.warm_up()

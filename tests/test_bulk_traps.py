@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from fleet import db
+from fleet.board import VariantStatus
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
 from fleet.errors import FleetError
@@ -24,12 +25,11 @@ from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
 from tests import images, test_bulk
+from tests.board import PENDING_VARIANTS
 from tests.conftest import running_worker
 from tests.test_bulk import board, rethumb_cli
 
 bulk_settings = test_bulk.bulk_settings  # the same fixture: a SQLite board, small batches
-
-PENDING = 2
 
 
 async def wait_until(condition: Any, timeout_s: float = 60, what: str = "condition") -> None:
@@ -72,7 +72,7 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
         images.jpeg(settings.storage_path, "2025-01-01-7.jpg", 900, 700, Q=98)
         await conn.execute(
             sa.insert(db.images),
-            [{"image_id": 7, "filename": "2025-01-01-7", "ext": "jpg", "medium": 2, "large": 2}],
+            [{"image_id": 7, "filename": "2025-01-01-7", "ext": "jpg", **PENDING_VARIANTS}],
         )
     async with running_worker(worker_settings(settings), _light(settings)):
         first = await rethumb(client.redis, settings, Selection(), engine=engine, poll_s=0.05)
@@ -86,11 +86,11 @@ async def test_a_skipped_image_gets_its_flags_from_the_files_on_disk(
             return {int(i): (int(m), int(lg)) for i, m, lg in rows}
 
         async def settled() -> bool:
-            return PENDING not in {f for pair in (await flags()).values() for f in pair}
+            return VariantStatus.PENDING not in {f for pair in (await flags()).values() for f in pair}
 
         await wait_until(settled, what="the first run's flags")
         async with engine.begin() as conn:  # the report: outputs exist, flags left at PENDING
-            await conn.execute(sa.update(db.images).values(medium=PENDING, large=PENDING))
+            await conn.execute(sa.update(db.images).values(**PENDING_VARIANTS))
 
         again = await rethumb(client.redis, settings, Selection(mode="missing"), engine=engine, poll_s=0.05)
         assert (again.rendered, again.skipped) == (0, 7)  # nothing re-encoded

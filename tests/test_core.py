@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import itertools
 import pickle
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from arq.jobs import deserialize_job_raw, serialize_job
 
 from fleet import serializer
 from fleet.errors import InvalidPayloadError, JobFailedError, PermanentError, RegistryError
+from fleet.keys import job_key, queue_key
 from fleet.registry import ALL_JOBS, RENDER_UPLOAD, WORKERS, Queue, RenderUpload, jobs_of
 from fleet.settings import Settings
 from fleet.worker import build_worker
@@ -44,7 +47,7 @@ def test_every_job_is_registered_by_the_worker_serving_its_queue() -> None:
         for kwargs in made if isinstance(made, list) else [made]:
             served[kwargs["queue_name"]] = {f.name for f in kwargs["functions"]}
     for spec in ALL_JOBS:
-        assert spec.name in served[f"t:queue:{spec.queue.value}"], spec
+        assert spec.name in served[queue_key("t", spec.queue)], spec
 
 
 def test_a_worker_missing_a_job_of_its_queue_refuses_to_build() -> None:
@@ -87,7 +90,7 @@ def test_jobs_travel_as_json_not_pickle() -> None:
 
 def test_failures_travel_as_error_type_and_message() -> None:
     doc = serializer.deserialize(
-        serializer.serialize({"r": PermanentError("bad", kind="TooManyPixelsError")})
+        serializer.serialize({"r": PermanentError("bad", error_type="TooManyPixelsError")})
     )
     assert isinstance(doc["r"], JobFailedError)
     assert (doc["r"].error_type, doc["r"].message) == ("TooManyPixelsError", "bad")
@@ -107,3 +110,36 @@ def test_log_format_auto_is_json_for_machines_and_console_on_a_terminal() -> Non
     assert Settings().log_format == "auto"
     assert (log_format("auto", tty=False), log_format("auto", tty=True)) == ("json", "console")
     assert (log_format("json", tty=True), log_format("console", tty=False)) == ("json", "console")
+
+
+ROOT = Path(__file__).parent.parent
+ARQ_PREFIX = job_key("").partition(":")[0] + ":"
+"""What arq's own keys start with, taken from one of them."""
+
+
+def key_spellings(root: Path) -> list[str]:
+    """Where code other than fleet/keys.py spells a Redis key: an f-string joining a namespace
+    to ``:…``, a string starting ``arq:``, or one of arq's key constants."""
+    found = []
+    for package in ("fleet", "imgworker", "ratingworker", "bench", "examples", "tests"):
+        for path in sorted((root / package).rglob("*.py")):
+            where = path.relative_to(root)
+            if where == Path("fleet/keys.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "arq.constants":
+                    found.append(f"{where}:{node.lineno} imports arq.constants")
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    if node.value.startswith(ARQ_PREFIX):
+                        found.append(f"{where}:{node.lineno} {node.value!r}")
+                elif isinstance(node, ast.JoinedStr):
+                    for value, after in itertools.pairwise(node.values):
+                        named = isinstance(value, ast.FormattedValue) and "namespace" in ast.unparse(value)
+                        if named and isinstance(after, ast.Constant) and str(after.value).startswith(":"):
+                            found.append(f"{where}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_redis_keys_are_spelled_only_in_fleet_keys() -> None:
+    """One home per key name: a key spelled twice drifts (``dead-index`` once was)."""
+    assert key_spellings(ROOT) == []

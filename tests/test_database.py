@@ -17,7 +17,7 @@ from fleet.errors import PermanentError, TransientError
 from fleet.services import free_port
 from fleet.settings import Settings
 from ratingworker import database
-from tests.board import add_images, add_review, add_votes, insert, row, rows
+from tests.board import PENDING_VARIANTS, add_images, add_review, add_votes, insert, row, rows
 
 
 def details_of(action: Any) -> dict[str, Any]:
@@ -50,7 +50,7 @@ async def test_the_schema_probe_names_what_a_board_lacks(
 
 
 async def test_variant_flags_are_written_and_unknown_images_refused(db: AsyncEngine) -> None:
-    await add_images(db, 1, medium=2, large=2)
+    await add_images(db, 1, **PENDING_VARIANTS)
     await database.write_variant_flags(db, 1, medium=1, large=0)
     got = await row(db, "images", image_id=1)
     assert (got["medium"], got["large"]) == (1, 0)
@@ -215,7 +215,7 @@ async def test_one_bad_review_does_not_block_the_others_and_fails_the_run(
             await conn.execute(sa.text(statement))
     with pytest.raises(PermanentError, match=r"database: .*refused") as failure:
         await database.close_expired_reviews(db, schema, now, quorum=3, extension=timedelta(days=3))
-    assert failure.value.kind == "DatabaseError"
+    assert failure.value.error_type == "DatabaseError"
     assert [(await row(db, "image_reviews", review_id=i))["status"] for i in (1, 2, 3)] == [1, 0, 1]
     statuses = [(await row(db, "images", image_id=i))["status"] for i in (1, 2, 3)]
     assert statuses == [ImageStatus.ACTIVE, ImageStatus.REVIEW, ImageStatus.ACTIVE]  # savepoint rolled back
@@ -246,12 +246,12 @@ async def test_schema_and_type_errors_are_permanent_and_name_the_sql_error(db: A
     with pytest.raises(PermanentError) as unknown_column, db_errors():
         async with db.begin() as conn:
             await conn.execute(sa.text("UPDATE images SET no_such_column = 1"))
-    assert unknown_column.value.kind == "DatabaseSchemaError"
+    assert unknown_column.value.error_type == "DatabaseSchemaError"
     assert "no_such_column" in str(unknown_column.value)
     with pytest.raises(PermanentError) as unknown_table, db_errors():
         async with db.begin() as conn:
             await conn.execute(sa.text("SELECT 1 FROM no_such_table"))
-    assert unknown_table.value.kind == "DatabaseSchemaError"
+    assert unknown_table.value.error_type == "DatabaseSchemaError"
     if db.dialect.name != "sqlite":  # SQLite stores a string in an INTEGER column
         # What the seed's code did: action_type 'review_closed' into an INT (MariaDB 1366).
         with pytest.raises(PermanentError, match="database: ") as wrong_type, db_errors():
@@ -259,7 +259,7 @@ async def test_schema_and_type_errors_are_permanent_and_name_the_sql_error(db: A
                 await conn.execute(
                     sa.text("INSERT INTO admin_actions (action_type) VALUES (:t)"), {"t": "review_closed"}
                 )
-        assert wrong_type.value.kind == "DatabaseError"
+        assert wrong_type.value.error_type == "DatabaseError"
 
 
 async def test_an_unreachable_database_is_transient(server_database_url: str) -> None:
@@ -270,7 +270,7 @@ async def test_an_unreachable_database_is_transient(server_database_url: str) ->
             await database.write_variant_flags(engine, 1, 1, 1)
     finally:
         await engine.dispose()
-    assert failure.value.kind == "DatabaseUnavailable"
+    assert failure.value.error_type == "DatabaseUnavailable"
 
 
 async def test_a_lock_wait_is_transient(server_database_url: str) -> None:
@@ -292,4 +292,4 @@ async def test_a_lock_wait_is_transient(server_database_url: str) -> None:
             await holder.rollback()
     finally:
         await engine.dispose()
-    assert failure.value.kind == "DatabaseUnavailable"
+    assert failure.value.error_type == "DatabaseUnavailable"

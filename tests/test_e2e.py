@@ -9,10 +9,12 @@ import sys
 import time
 
 import pytest
+from arq.jobs import JobStatus
 
 from fleet.client import FleetClient
 from fleet.errors import EnqueueError, JobFailedError
-from fleet.registry import Queue, queue_key
+from fleet.keys import health_check_key, queue_key
+from fleet.registry import INDEX_IQDB, IqdbIndex, Queue
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
@@ -42,6 +44,21 @@ async def test_bad_input_fails_at_once_with_its_reason(settings: Settings, clien
     assert failure.value.error_type == "MissingOriginalError"
     assert "fullsize/never-uploaded.jpg" in failure.value.message
     assert info is not None and info.job_try == 1  # permanent: not retried
+
+
+async def test_a_job_is_found_again_by_its_id_alone_on_whichever_queue_holds_it(
+    settings: Settings, client: FleetClient
+) -> None:
+    upload = await client.render_upload(10, "never-uploaded", "jpg")  # img queue, no worker yet
+    flags = await client.write_variant_flags(10, 1, 1)  # db queue
+    later = await client.enqueue(INDEX_IQDB, IqdbIndex(10, "iqdb/x.jpg"), defer_s=600)
+    statuses = [await (await client.job(job.job_id)).status() for job in (upload, flags, later)]
+    assert statuses == [JobStatus.queued, JobStatus.queued, JobStatus.deferred]
+    assert await (await client.job("no-such-job")).status() is JobStatus.not_found
+    async with running_worker(worker_settings(settings)):
+        with pytest.raises(JobFailedError, match="MissingOriginalError"):
+            await (await client.job(upload.job_id)).result(timeout=30, poll_delay=0.05)
+    assert await (await client.job(upload.job_id)).status() is JobStatus.complete
 
 
 async def test_transient_failure_is_retried_then_given_up_with_a_reason(settings: Settings) -> None:
@@ -81,7 +98,7 @@ async def test_worker_process_and_stock_arq_cli_health_check(settings: Settings,
 
     proc = subprocess.Popen([sys.executable, "-m", "fleet", "worker", "img"], env=env)
     try:
-        key = f"{queue_key(settings.namespace, Queue.IMG)}:health-check"
+        key = health_check_key(queue_key(settings.namespace, Queue.IMG))
         deadline = time.monotonic() + 60
         while not await client.redis.exists(key):
             assert proc.poll() is None, "worker exited"

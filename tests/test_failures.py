@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import pyvips
-from arq.constants import job_key_prefix
 from arq.jobs import JobStatus
 
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError, TransientError
+from fleet.keys import in_progress_key, job_key, queue_key
 from fleet.processes import start_worker, wait_healthy
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue, queue_key
+from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, Queue
 from fleet.settings import Settings
 from fleet.worker import Context, build_worker, handles
 from imgworker.worker import worker_settings
@@ -96,7 +96,7 @@ async def test_unexpected_errors_and_timeouts_end_as_dead_letters(
 
 async def plant(client: FleetClient, queue: Queue, job_id: str, raw: bytes) -> None:
     """Write a job straight into Redis, as an attacker with Redis access could."""
-    await client.redis.set(job_key_prefix + job_id, raw)
+    await client.redis.set(job_key(job_id), raw)
     await client.redis.zadd(queue_key(client.settings.namespace, queue), {job_id: time.time() * 1000})
 
 
@@ -169,10 +169,7 @@ async def test_dead_letter_cli_lists_retries_with_fresh_tries_and_purges(
         retried = fleet_cli(settings, "dead", "retry", missing.job_id)
         assert retried.returncode == 0, retried.stderr
         new_id = retried.stdout.split()[-1]
-        from arq.jobs import Job
-
-        again = Job(new_id, client.redis, _queue_name=queue_key(settings.namespace, Queue.IMG))
-        again._deserializer = client.redis.job_deserializer
+        again = await client.job(new_id)
         assert (await again.result(timeout=30, poll_delay=0.02))["ok"] is True
         assert (await again.result_info()).job_try == 1  # a fresh try count
 
@@ -229,7 +226,7 @@ async def test_sigkilled_worker_loses_nothing_and_recovers_within_the_lock_ttl(
     try:
         await wait_healthy(client, Queue.IMG)
         job = await client.render_upload(1, *name)
-        in_progress = f"arq:in-progress:{job.job_id}"
+        in_progress = in_progress_key(job.job_id)
         await wait_for(lambda: client.redis.exists(in_progress))
         render_processes = descendants(victim.pid)
         assert render_processes  # the forkserver and the render process
@@ -265,7 +262,7 @@ async def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
     try:
         await wait_healthy(client, Queue.IMG)
         running = await client.render_upload(1, *big)
-        await wait_for(lambda: client.redis.exists(f"arq:in-progress:{running.job_id}"))
+        await wait_for(lambda: client.redis.exists(in_progress_key(running.job_id)))
         waiting = [await client.render_upload(10 + i, *name) for i, name in enumerate(small)]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
@@ -301,7 +298,7 @@ async def test_jobs_still_running_when_the_drain_grace_ends_go_back_to_the_queue
         try:
             await wait_healthy(client, Queue.IQDB)
             job = await client.index_iqdb(1, "iqdb/a.jpg")
-            await wait_for(lambda: client.redis.exists(f"arq:in-progress:{job.job_id}"))
+            await wait_for(lambda: client.redis.exists(in_progress_key(job.job_id)))
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(30) == 0
         finally:

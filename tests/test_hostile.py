@@ -11,11 +11,12 @@ from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError
 from fleet.processes import start_worker, wait_healthy
 from fleet.registry import Queue
+from fleet.render_settings import RenderSettings
 from fleet.settings import Settings
-from imgworker.render import RenderRequest, default_options, render
+from imgworker.render import RenderRequest, options_of, render
 from tests import hostile, images
 
-OPTIONS = default_options(max_pixels=50_000_000, decode_budget_mb=hostile.DECODE_BUDGET_MB)
+OPTIONS = options_of(RenderSettings(), max_pixels=50_000_000, decode_budget_mb=hostile.DECODE_BUDGET_MB)
 
 
 @pytest.fixture(scope="module")

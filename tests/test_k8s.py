@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from fleet.cli import build_parser
-from fleet.registry import Queue, queue_key
+from fleet.keys import queue_key
+from fleet.registry import Queue
 from fleet.settings import Settings, env_names, parse_sentinel_url
 
 ROOT = Path(__file__).parent.parent

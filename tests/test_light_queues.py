@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fleet.client import FleetClient
 from fleet.db import image_reviews, images, probe_schema
 from fleet.errors import JobFailedError
-from fleet.registry import Queue, queue_key
+from fleet.keys import cron_name, pending_key, queue_key, rating_prior_key, result_key
+from fleet.registry import Queue
 from fleet.settings import Settings
 from imgworker.worker import worker_settings as img_worker_settings
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests import images as files
-from tests.board import add_images, add_review, add_votes, row
+from tests.board import PENDING_VARIANTS, add_images, add_review, add_votes, row
 from tests.conftest import running_worker
 from tests.iqdb_server import IqdbServer, fake_hash
 
@@ -40,7 +41,7 @@ def light_settings(settings: Settings, database_url: str) -> Settings:
 async def test_upload_render_flags_and_iqdb_chain(light_settings: Settings, db: AsyncEngine) -> None:
     with IqdbServer() as iqdb:
         settings = light_settings.replace(iqdb_url=iqdb.url)
-        await add_images(db, 1, 2, medium=2, large=2)
+        await add_images(db, 1, 2, **PENDING_VARIANTS)
         big = files.jpeg(settings.storage_path, "2025-01-01-1.jpg", 2500, 1600)  # medium + large
         small = files.jpeg(settings.storage_path, "2025-01-01-2.png", 900, 600)  # thumb only
         workers = (
@@ -168,14 +169,14 @@ async def test_a_burst_of_votes_coalesces_into_few_recalculations(
             await add_votes(db, 1, ratings[start : start + 50], first_user=start + 1)
             for _ in range(50):
                 queued += await client.recalculate_rating(1) is not None
-        pending = f"{light_settings.namespace}:pending:recalculate_rating:1"
+        pending = pending_key(light_settings.namespace, "recalculate_rating", "1")
 
         async def drained() -> bool:
             return worker.jobs_complete == queued and not await client.redis.exists(pending)
 
         await eventually(drained)
         # The prior was cached by the first recalculation: check against the cached one.
-        weight, prior_mean = json.loads(await client.redis.get(f"{light_settings.namespace}:rating:prior"))
+        weight, prior_mean = json.loads(await client.redis.get(rating_prior_key(light_settings.namespace)))
     assert 1 <= queued <= 60, queued  # 1,000 votes, a few dozen recalculations at most
     got = await row(db, images, image_id=1)
     mean = sum(ratings) / 1000
@@ -258,7 +259,9 @@ async def test_review_cron_runs_once_per_slot_across_replicas(
         # Counted once all replicas have stopped, so no run is half-way through.
         slots = [
             k
-            async for k in client.redis.scan_iter(f"arq:result:{settings.namespace}:close_expired_reviews:*")
+            async for k in client.redis.scan_iter(
+                result_key(cron_name(settings.namespace, "close_expired_reviews") + ":*")
+            )
         ]
         runs = sum(w.jobs_complete for w in workers)
     assert len(slots) >= 2

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pyvips
 
+from fleet.board import VariantStatus
 from fleet.cpus import usable_cpus
+from fleet.render_settings import RenderSettings
 from fleet.settings import Settings
-from imgworker.backend import ProcessPoolBackend
-from imgworker.render import RenderRequest, RenderResult, Variant, VariantStatus, default_options
+from imgworker.backend import ProcessPoolBackend, RenderLost
+from imgworker.render import RenderRequest, RenderResult, Variant, options_of
 from tests import images
 
 
@@ -32,7 +34,7 @@ def big_png(storage: Path, name: str) -> tuple[str, str]:
 
 
 async def test_renders_run_in_pool_processes(storage: Path) -> None:
-    backend = ProcessPoolBackend(storage, default_options(), size=2)
+    backend = ProcessPoolBackend(storage, options_of(RenderSettings()), size=2)
     try:
         await backend.warm_up()
         assert os.getpid() not in backend.pids and len(backend.pids) == 2
@@ -49,7 +51,7 @@ async def test_renders_run_in_pool_processes(storage: Path) -> None:
 
 
 async def test_a_killed_render_process_fails_only_its_own_render(storage: Path) -> None:
-    backend = ProcessPoolBackend(storage, default_options(), size=2)
+    backend = ProcessPoolBackend(storage, options_of(RenderSettings()), size=2)
     try:
         await backend.warm_up()
         big = big_png(storage, "big.png")
@@ -62,6 +64,7 @@ async def test_a_killed_render_process_fails_only_its_own_render(storage: Path) 
         [crashed] = await doomed
         [fine] = await survivor
         assert (crashed.ok, crashed.permanent, crashed.error_type) == (False, False, "RenderProcessCrashed")
+        assert isinstance(crashed, RenderLost)
         assert fine.ok, fine.error
         assert busy_pid not in backend.pids and len(backend.pids) == 2  # replaced
         [again] = await backend.render_batch([RenderRequest(1, *big)])
@@ -71,12 +74,13 @@ async def test_a_killed_render_process_fails_only_its_own_render(storage: Path) 
 
 
 async def test_a_render_past_its_timeout_is_killed_not_abandoned(storage: Path) -> None:
-    backend = ProcessPoolBackend(storage, default_options(), size=1, timeout_s=0.05)
+    backend = ProcessPoolBackend(storage, options_of(RenderSettings()), size=1, timeout_s=0.05)
     try:
         await backend.warm_up()
         [pid] = backend.pids
         [result] = await backend.render_batch([RenderRequest(1, *big_png(storage, "slow.png"))])
         assert (result.ok, result.permanent, result.error_type) == (False, False, "RenderTimeout")
+        assert isinstance(result, RenderLost)
         await asyncio.sleep(0.1)
         assert not alive(pid)
         assert backend.pids != [pid]
@@ -89,7 +93,7 @@ async def test_a_render_past_its_timeout_is_killed_not_abandoned(storage: Path) 
 
 
 async def test_processes_are_recycled_after_n_renders(storage: Path) -> None:
-    backend = ProcessPoolBackend(storage, default_options(), size=1, recycle_after=3)
+    backend = ProcessPoolBackend(storage, options_of(RenderSettings()), size=1, recycle_after=3)
     try:
         images.jpeg(storage, "r.jpg", 400, 300)
         seen = set()
@@ -124,7 +128,7 @@ def test_a_result_over_a_megabyte_arrives_whole_under_uvloop(storage: Path) -> N
 
     images.jpeg(storage, "small.jpg", 300, 200)
     many = tuple(Variant(f"v{i:05d}-{'x' * 200}", "many", 1000, 1000, 80) for i in range(6000))
-    options = replace(default_options(), variants=default_options().variants + many)
+    options = replace(options_of(RenderSettings()), variants=options_of(RenderSettings()).variants + many)
 
     async def main() -> list[RenderResult]:
         backend = ProcessPoolBackend(storage, options, size=1)
@@ -147,7 +151,7 @@ async def test_an_allocation_past_the_memory_limit_fails_that_image_for_good(sto
     flat = pyvips.Image.black(8000, 8000, bands=3).cast("uchar").copy(interpretation="srgb")
     images.write(storage, "bomb.avif", flat, compression="av1", effort=0, Q=10)
     images.jpeg(storage, "after.jpg", 800, 600)
-    options = replace(default_options(), decode_budget_mb=0)
+    options = replace(options_of(RenderSettings()), decode_budget_mb=0)
     backend = ProcessPoolBackend(storage, options, size=1, memory_mb=600)
     try:
         await backend.warm_up()

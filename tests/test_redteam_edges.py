@@ -26,12 +26,13 @@ from fleet.bulk import BulkRun, Selection, WorkList, _pages, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import FleetError, PermanentError, TransientError
+from fleet.keys import bulk_run_prefix
 from fleet.processes import wait_healthy
 from fleet.registry import RENDER_BATCH, Queue, RenderBatch
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
 from imgworker.worker import worker_settings
-from ratingworker.iqdb import IqdbClient
+from ratingworker.iqdb import IqdbClient, IqdbRejected
 from tests import images
 from tests.conftest import running_worker
 from tests.iqdb_server import Answer, IqdbServer
@@ -71,7 +72,7 @@ async def test_a_planted_render_batch_with_a_huge_id_costs_little_redis_and_run_
                 return (await hostile.status()).value == "complete"
 
             await wait_until(hostile_ended, what="the huge id's job to end")
-            keys = [k.decode() async for k in client.redis.scan_iter(match="huge:rethumb:*")]
+            keys = [k.decode() async for k in client.redis.scan_iter(match=bulk_run_prefix("huge") + "*")]
             used = {key: await client.redis.memory_usage(key) for key in keys}
             ttls = {key: await client.redis.ttl(key) for key in keys}
             letters = await DeadLetters(client.redis, settings.namespace, settings.dead_letter_ttl_s).list()
@@ -171,7 +172,7 @@ async def test_resuming_a_folder_run_after_the_folder_changed_is_refused(
         done = await rethumb(client.redis, settings, Selection(from_dir=folder, mode="missing"), poll_s=0.05)
     assert (done.total, done.failed) == (13, 0)
     assert (settings.storage_path / "thumbs" / "a-new.webp").exists()
-    keys = [k.decode() async for k in client.redis.scan_iter(match=f"{settings.namespace}:rethumb:*")]
+    keys = [k.decode() async for k in client.redis.scan_iter(match=bulk_run_prefix(settings.namespace) + "*")]
     assert len(keys) >= 3  # two runs: their hashes and bitmap blocks
     for key in keys:  # every run key expires, refreshed while the run is active
         assert 0 < await client.redis.ttl(key) <= settings.bulk_run_ttl_s, key
@@ -239,7 +240,7 @@ async def test_an_iqdb_redirect_is_an_error_and_not_followed() -> None:
         moved = Answer(302, b'{"hash": "iqdb_moved"}', headers={"Location": f"{iqdb.url}/elsewhere"})
         failed = await _add(iqdb, moved)
         assert [r.path for r in iqdb.state.requests] == ["/images/7"]  # nothing followed
-    assert isinstance(failed, PermanentError) and "302" in str(failed), failed
+    assert isinstance(failed, IqdbRejected) and failed.status == 302 and "302" in str(failed), failed
 
 
 @pytest.mark.parametrize("digest", ["h" * 5000, "iqdb_\x00\x1b[31m", ""])

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from prometheus_client import REGISTRY
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
@@ -26,10 +25,12 @@ from fleet.bulk import Selection, rethumb
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobFailedError, PayloadTooLargeError
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue, queue_key
+from fleet.failures import classify
+from fleet.keys import dead_letter_key, in_progress_key, job_key, queue_key, replicas_key, result_key
+from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue
 from fleet.services import EmbeddedRedis, free_port
 from fleet.settings import Settings
-from fleet.worker import Context, build_worker, classify, error_fields, handles, job_fields
+from fleet.worker import Context, build_worker, error_fields, handles, job_fields
 from imgworker.worker import worker_settings
 from tests import images
 from tests.conftest import running_worker
@@ -96,7 +97,7 @@ async def test_malformed_envelopes_are_dead_lettered_and_the_worker_lives_on(
         letter = found[name]
         assert letter.error_type == "InvalidJob", (name, letter)
         assert reason in letter.message, (name, letter.message)
-        stored = await client.redis.strlen(f"{settings.namespace}:dead:{letter.job_id}")
+        stored = await client.redis.strlen(dead_letter_key(settings.namespace, letter.job_id))
         assert stored < 10_000, (name, stored)  # the 10 MiB name is not copied into the letter
     queued = await client.redis.zcard(queue_key(settings.namespace, Queue.IQDB))
     assert queued == 0  # nothing planted stays queued to kill the next worker
@@ -123,8 +124,8 @@ async def test_a_huge_error_leaves_a_short_result_dead_letter_and_log(
         with pytest.raises(JobFailedError, match=r"bytes cut\)") as failure:
             await job.result(timeout=60, poll_delay=0.05)
     assert len(failure.value.message) < 4096
-    assert await client.redis.strlen(result_key_prefix + job.job_id) < 10_000
-    assert await client.redis.strlen(f"{settings.namespace}:dead:{job.job_id}") < 10_000
+    assert await client.redis.strlen(result_key(job.job_id)) < 10_000
+    assert await client.redis.strlen(dead_letter_key(settings.namespace, job.job_id)) < 10_000
     logged = sum(len(logging.Formatter().format(record)) for record in caplog.records)
     assert logged < 100_000, logged
 
@@ -155,12 +156,12 @@ async def test_heartbeat_lock_renewal_and_metrics_outlive_a_long_redis_outage(
     kwargs = build_worker(Queue.IQDB, [handles(INDEX_IQDB)(index), delete], settings, job_timeout_s=120)
     # redis-py's retry budget, a minute in production, exhausted at once here.
     kwargs["redis_settings"].retry = Retry(NoBackoff(), 1)
-    replicas = f"{settings.namespace}:replicas:iqdb"
+    replicas = replicas_key(settings.namespace, Queue.IQDB)
     try:
         async with running_worker(kwargs):
             async with await FleetClient.connect(settings) as client:
                 first = await client.index_iqdb(1, "iqdb/a.jpg")
-                await until(lambda: client.redis.exists(in_progress_key_prefix + first.job_id), what="job 1")
+                await until(lambda: client.redis.exists(in_progress_key(first.job_id)), what="job 1")
             server.kill()
             await asyncio.sleep(3 * settings.lock_ttl_s)  # the outage: every task fails several rounds
             restarted_at = time.time()
@@ -173,7 +174,7 @@ async def test_heartbeat_lock_renewal_and_metrics_outlive_a_long_redis_outage(
                 await until(beating, what="a heartbeat after the outage")
                 release[1].set()
                 second = await client.index_iqdb(2, "iqdb/b.jpg")
-                lock = in_progress_key_prefix + second.job_id
+                lock = in_progress_key(second.job_id)
                 await until(lambda: client.redis.exists(lock), what="job 2 running")
                 first_ttl = await client.redis.pttl(lock)
 
@@ -203,10 +204,10 @@ async def test_a_job_whose_key_expired_is_dead_lettered_not_dropped(
 ) -> None:
     job = await client.index_iqdb(5, "iqdb/e.jpg")
     day_ms = 24 * 3600 * 1000
-    assert await client.redis.pttl(job_key_prefix + job.job_id) > day_ms  # JOB_EXPIRY_S, not arq's day
+    assert await client.redis.pttl(job_key(job.job_id)) > day_ms  # JOB_EXPIRY_S, not arq's day
     voted = await client.recalculate_rating(5)
-    assert voted is not None and await client.redis.pttl(job_key_prefix + voted.job_id) > day_ms
-    await client.redis.delete(job_key_prefix + job.job_id)  # as the key's expiry would
+    assert voted is not None and await client.redis.pttl(job_key(voted.job_id)) > day_ms
+    await client.redis.delete(job_key(job.job_id))  # as the key's expiry would
     async with running_worker(iqdb_worker(settings, ok_index)):
         letters = DeadLetters.of(client.redis, settings)
         [letter] = await until(lambda: letters.list("iqdb"), what="the expired job's dead letter")
@@ -278,7 +279,7 @@ async def test_dead_letters_are_capped_per_queue_and_listed_a_page_at_a_time(
     assert await letters.dropped("img") == 150
     kept = [letter.job_id for letter in await letters.list("img")]
     assert kept == [f"L{i:03d}" for i in range(150, 250)]  # the oldest were dropped
-    assert not await client.redis.exists(f"{settings.namespace}:dead:L000")  # with their letters
+    assert not await client.redis.exists(dead_letter_key(settings.namespace, "L000"))  # with their letters
     assert [x.job_id for x in await letters.page("img", limit=3, offset=1)] == ["L248", "L247", "L246"]
     listed = fleet_cli(settings, "dead", "list", "--limit", "10")
     assert listed.returncode == 0, listed.stderr
@@ -334,8 +335,8 @@ async def test_classify_tells_redis_errors_that_can_succeed_later_from_those_tha
         "read-only replica": False,
     }
     assert {name: f.permanent for name, f in failures.items()} == expected, {
-        n: (f.kind, str(f)) for n, f in failures.items()
+        n: (f.error_type, str(f)) for n, f in failures.items()
     }
     assert classify(redis_errors.BusyLoadingError("LOADING")).permanent is False
     assert classify(ConnectionRefusedError()).permanent is False
-    assert classify(ValueError("bug")).kind == "UnexpectedValueError"
+    assert classify(ValueError("bug")).error_type == "UnexpectedValueError"

@@ -7,18 +7,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyvips
 
-from imgworker.render import RenderRequest, VariantStatus, default_options, render
+from fleet.board import VariantStatus
+from fleet.render_settings import MAX_PIXELS, RenderSettings
+from imgworker.render import RenderRequest, RenderResult, options_of, render
 from tests import images
 
-OPTIONS = default_options()
 
-
-def run(storage: Path, filename: str, ext: str, image_id: int = 1, **kw: object):  # type: ignore[no-untyped-def]
-    return render(storage, RenderRequest(image_id, filename, ext), default_options(**kw) if kw else OPTIONS)
+def run(
+    storage: Path, filename: str, ext: str, image_id: int = 1, max_pixels: int = MAX_PIXELS, **look: Any
+) -> RenderResult:
+    """Render with the default settings, or with ``look`` (RenderSettings fields) changed."""
+    options = options_of(RenderSettings(**look), max_pixels=max_pixels)
+    return render(storage, RenderRequest(image_id, filename, ext), options)
 
 
 def open_out(storage: Path, path: str | None) -> pyvips.Image:
@@ -375,3 +380,26 @@ def test_avif_thumbnail_and_iqdb_jpeg_come_from_the_primary_image_not_the_embedd
         image = open_out(storage, result.outputs[variant].path)
         difference = [abs(image[band].avg() - want) for band, want in enumerate((250, 0, 0))]
         assert max(difference) < 8, (variant, difference)
+
+
+def test_thumb_effort_trades_webp_bytes_for_time_and_is_part_of_the_fingerprint(storage: Path) -> None:
+    import hashlib
+
+    from fleet.settings import Settings, SettingsError
+    from imgworker.config import render_options
+
+    filename, ext = images.jpeg(storage, "effort.jpg", 1200, 900)
+    sizes = {}
+    for effort in (0, 6):
+        result = render(
+            storage, RenderRequest(1, filename, ext), render_options(Settings(thumb_effort=effort))
+        )
+        assert result.ok and result.outputs["thumb"].width == 500
+        sizes[effort] = result.outputs["thumb"].bytes
+    assert sizes[6] < sizes[0]  # more effort, fewer bytes, same pixels' size
+    with pytest.raises(SettingsError, match="THUMB_EFFORT='7' is not allowed: must be from 0 to 6"):
+        Settings.from_env({"THUMB_EFFORT": "7"})
+    # The default keeps the fingerprint it had before the setting existed: no output went stale.
+    before = (500, 500, "webp", 75, True, 1280, 2048, 90, False)
+    assert Settings().render.fingerprint() == hashlib.sha1(repr(before).encode()).hexdigest()[:12]
+    assert Settings(thumb_effort=2).render.fingerprint() != Settings().render.fingerprint()

@@ -21,17 +21,17 @@ from typing import Any
 import obstore
 import pytest
 import pyvips
-from arq.jobs import Job
 
 from bench.s3 import MotoServer, moto_server, new_bucket
-from fleet import health, serializer
+from fleet import health
 from fleet.bulk import BulkRun, Selection, rethumb
 from fleet.client import FleetClient
 from fleet.db import create_engine, create_schema
 from fleet.db import images as images_table
 from fleet.errors import FleetError, JobFailedError
+from fleet.keys import queue_key, render_settings_key
 from fleet.processes import start_worker, wait_healthy
-from fleet.registry import Queue, queue_key
+from fleet.registry import Queue
 from fleet.services import free_port
 from fleet.settings import Settings
 from imgworker.config import render_options, render_storage
@@ -282,9 +282,7 @@ async def test_two_img_workers_share_only_the_bucket_and_a_sigkill_mid_bulk_run_
             await kill_once_busy(client, bucket, Queue.IMG_BULK, victim)
             held = [job_id.decode() for job_id in await client.redis.zrange(queue, 0, -1)]  # running too
             summary = await asyncio.wait_for(feeding, 240)
-            infos = [
-                await Job(j, client.redis, _deserializer=serializer.deserialize).result_info() for j in held
-            ]
+            infos = [await (await client.job(job_id)).result_info() for job_id in held]
     assert (summary.total, summary.failed) == (16, 0)
     assert summary.rendered + summary.skipped == 16  # every image counted once
     assert max(info.job_try for info in infos if info) >= 2  # the killed worker's batches ran again
@@ -474,6 +472,10 @@ async def test_a_prefix_run_renders_each_original_once_and_a_second_run_reads_no
     prefix = Selection(from_prefix="fullsize/")
     renders: collections.Counter[int] = collections.Counter()
     async with await FleetClient.connect(shared) as client:
+        # These settings have been in use for a minute: a bucket's times are to the second, so
+        # an output written in the second they took effect would count as stale.
+        since = render_settings_key(shared.namespace, shared.render.fingerprint())
+        await client.redis.set(since, time.time() - 60)
         before = len(moto.requests(bucket.config.bucket))
         async with running_worker(counting(img_worker_settings(shared), renders)):
             first = await rethumb(client.redis, shared, prefix, poll_s=0.05)

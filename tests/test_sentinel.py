@@ -23,13 +23,15 @@ from typing import Any, TypeVar
 import pytest
 import pyvips
 import redis
-from arq.jobs import Job, JobResult
+from arq.jobs import JobResult
 from redis.exceptions import RedisError
 
+from fleet import wake
 from fleet.client import FleetClient
 from fleet.connections import connect, redis_settings, worker_redis_settings
 from fleet.errors import EnqueueError
-from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload, queue_key
+from fleet.keys import queue_key, wake_key
+from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload
 from fleet.services import EmbeddedRedis, find_redis_server, free_port
 from fleet.settings import Settings, SettingsError, masked_url, parse_sentinel_url
 from imgworker.worker import worker_settings
@@ -311,17 +313,16 @@ async def test_a_failover_mid_batch_loses_no_acknowledged_job_and_each_ends_once
         killed_at = time.monotonic()
         sentinel_group.primary.kill()  # SIGKILL, mid-batch
         done_before = len(list((storage / "thumbs").glob("*.webp")))
-        await worker_pool.set(f"{settings.namespace}:through-the-failover", "1")  # retried, not raised
+        queue = queue_key(settings.namespace, Queue.IMG)
+        await wake.nudge(worker_pool, queue)  # a worker's write cut off by the failover: retried, not raised
         await asyncio.to_thread(
             wait_for, lambda: sentinel_group.primary_port() not in (None, old_port), 60, "a promotion"
         )
         promoted_s = time.monotonic() - killed_at
         failed_enqueues = await queueing
-        assert await worker_pool.get(f"{settings.namespace}:through-the-failover") == b"1"
+        assert await worker_pool.llen(wake_key(queue)) >= 1  # on the promoted replica
         await worker_pool.aclose()
-        unknown = [
-            j for j, _ in uploads if (await through_failover(job_status(client, settings, j))) == "not_found"
-        ]
+        unknown = [j for j, _ in uploads if (await through_failover(job_status(client, j))) == "not_found"]
         assert unknown == [], f"acknowledged, then lost in the failover: {unknown}"
         results = [await wait_result(client, job_id) for job_id, _ in uploads]
         await lazy.close()
@@ -354,16 +355,15 @@ async def queue_until_held(client: FleetClient, uploads: list[tuple[str, RenderU
     return failures
 
 
-def job_status(client: FleetClient, settings: Settings, job_id: str) -> Callable[[], Awaitable[str]]:
+def job_status(client: FleetClient, job_id: str) -> Callable[[], Awaitable[str]]:
     async def status() -> str:
-        job = Job(job_id, client.redis, _queue_name=queue_key(settings.namespace, Queue.IMG))
-        return str((await job.status()).value)
+        return str((await (await client.job(job_id)).status()).value)
 
     return status
 
 
 async def wait_result(client: FleetClient, job_id: str, timeout_s: float = 180) -> JobResult:
-    job = Job(job_id, client.redis, _deserializer=client.redis.job_deserializer)
+    job = await through_failover(lambda: client.job(job_id))
     deadline = time.monotonic() + timeout_s
     while True:
         info = await through_failover(job.result_info)

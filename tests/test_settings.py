@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet.render_settings import RenderSettings
 from fleet.settings import Settings, SettingsError, env_names
+from imgworker.render.options import variants_of
 
 BOARD_ENV = {
     # As shuushuu-api's .env has them (app/config.py names).
@@ -132,3 +135,54 @@ def test_the_boards_env_file_is_read_and_set_variables_win(tmp_path: Path) -> No
     assert "127.0.0.1" in done.stderr and "/1" in done.stderr
     missing = _fleet("--env-file", str(tmp_path / "nope.env"), "status", env={})
     assert missing.returncode == 2 and "nope.env does not exist" in missing.stderr
+
+
+# --- the render settings: one object, every field in the fingerprint ---------------------------
+
+
+def _changed(value: object) -> object:
+    """Another value of ``value``'s type (a bool flips, a number grows, a format changes)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    assert isinstance(value, str), value
+    return "png" if value != "png" else "webp"
+
+
+def test_every_render_setting_is_in_the_fingerprint_the_variants_and_the_names() -> None:
+    """A knob the fingerprint missed would let `fleet rethumb` skip stale outputs as current;
+    one the variants missed would be a setting that changes nothing."""
+    base = RenderSettings()
+    for f in dataclasses.fields(RenderSettings):
+        other = dataclasses.replace(base, **{f.name: _changed(getattr(base, f.name))})
+        assert other.fingerprint() != base.fingerprint(), f.name
+        assert variants_of(other) != variants_of(base), f.name
+        assert other.by_name() != base.by_name(), f.name
+
+
+def test_a_field_added_to_the_render_settings_changes_the_fingerprint() -> None:
+    wider = dataclasses.make_dataclass(
+        "WiderSettings",
+        [("webp_effort", int, dataclasses.field(default=4))],
+        bases=(RenderSettings,),
+        frozen=True,
+    )
+    assert wider().fingerprint() != RenderSettings().fingerprint()
+
+
+def test_the_default_fingerprint_is_the_one_bulk_runs_already_hold() -> None:
+    """Run ids and settings times are keyed on it: the value it had before RenderSettings
+    existed, so a run interrupted before an upgrade resumes after it."""
+    assert Settings().render.fingerprint() == "50561c349448"
+    assert Settings(iqdb_url="http://iqdb:5588").render.fingerprint() == "863c23ba1c6f"
+
+
+def test_settings_build_the_render_settings_from_the_fields_of_their_names() -> None:
+    assert Settings().render == RenderSettings()  # one home for the defaults
+    for f in dataclasses.fields(RenderSettings):
+        if f.name == "iqdb":
+            assert Settings(iqdb_url="http://iqdb:5588").render.iqdb
+            continue
+        value = _changed(getattr(RenderSettings(), f.name))
+        assert getattr(Settings(**{f.name: value}).render, f.name) == value, f.name

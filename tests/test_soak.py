@@ -23,6 +23,7 @@ from fleet import corpus
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetters
 from fleet.errors import JobFailedError
+from fleet.keys import in_progress_key
 from fleet.processes import start_worker, wait_healthy
 from fleet.registry import Queue
 from fleet.settings import Settings
@@ -59,7 +60,7 @@ async def test_soak_uploads_survive_random_sigkills(settings: Settings) -> None:
             if done.is_set():
                 return
             running = {
-                k.decode().rsplit(":", 1)[1] async for k in client.redis.scan_iter("arq:in-progress:*")
+                k.decode().rsplit(":", 1)[1] async for k in client.redis.scan_iter(in_progress_key("*"))
             }
             victim = workers.pop(rng.randrange(len(workers)))
             victim.send_signal(signal.SIGKILL)

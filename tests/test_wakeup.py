@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
 
 from fleet import wake
 from fleet.client import FleetClient
 from fleet.errors import TransientError
-from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue, queue_key
+from fleet.keys import in_progress_key, queue_key, wake_key
+from fleet.registry import DELETE_FROM_IQDB, INDEX_IQDB, IqdbIndex, Queue
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
 from fleet.worker import Context, build_worker, handles
@@ -158,7 +158,7 @@ async def test_the_wake_list_never_grows_past_its_cap(quiet: Settings, fleet_cli
     for i in range(wake.TOKENS_KEPT + 50):
         await fleet_client.index_iqdb(i, "a.jpg")
     await fleet_client.recalculate_rating(1)
-    key = wake.key(queue_key(quiet.namespace, Queue.IQDB))
+    key = wake_key(queue_key(quiet.namespace, Queue.IQDB))
     assert await fleet_client.redis.llen(key) == wake.TOKENS_KEPT  # type: ignore[misc]
 
 
@@ -179,7 +179,7 @@ async def test_a_killed_workers_job_is_picked_up_by_an_idle_worker_soon_after_it
     starts: list[float] = []
     settings = quiet.replace(lock_ttl_s=2.0)
     job = await fleet_client.index_iqdb(1, "a.jpg")
-    await fleet_client.redis.psetex(in_progress_key_prefix + job.job_id, 2000, b"1")
-    await fleet_client.redis.delete(wake.key(queue_key(quiet.namespace, Queue.IQDB)))
+    await fleet_client.redis.psetex(in_progress_key(job.job_id), 2000, b"1")
+    await fleet_client.redis.delete(wake_key(queue_key(quiet.namespace, Queue.IQDB)))
     async with running_worker(iqdb_worker(settings, starts)):
         assert await job.result(timeout=20, poll_delay=0.05) == 1

@@ -25,6 +25,7 @@ from fleet import health
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobFailedError
+from fleet.keys import bulk_done_key, bulk_run_key
 from fleet.processes import worker_process
 from fleet.registry import Queue
 from fleet.services import free_port
@@ -164,13 +165,13 @@ async def test_state_shows_replicas_and_bulk_runs_with_progress_and_eta(
     beat = health.Heartbeat(settings, Queue.IMG, health.ReplicaStats(succeeded=5, pool_size=3))
     beat.replica = "host-a:1"
     await beat.beat(client.redis)
-    run = f"{settings.namespace}:rethumb:0a1b2c"
+    run = bulk_run_key(settings.namespace, "0a1b2c")
     started = time.time() - 100
     await client.redis.hset(  # type: ignore[misc]
         run, mapping={"total": 1000, "fed": 500, "rendered": 180, "skipped": 20, "failed": 0,
                       "cursor": 500, "started_at": started, "finished": 0},
     )  # fmt: skip
-    await client.redis.setbit(f"{run}:done", 3, 1)  # the run's bitmap is not a run
+    await client.redis.setbit(bulk_done_key(run, 0), 3, 1)  # the run's bitmap is not a run
     async with page(settings) as http:
         state = (await http.get("/api/state")).json()
     (replica,) = state["replicas"]

@@ -18,6 +18,7 @@ from fleet.bulk import OUTCOMES, BulkRun
 from fleet.client import FleetClient
 from fleet.deadletters import DeadLetter, DeadLetters, retry
 from fleet.errors import FleetError, InvalidPayloadError
+from fleet.keys import bulk_run_prefix
 from fleet.registry import Queue
 from fleet.settings import Settings
 
@@ -45,7 +46,6 @@ async def replicas(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]:
                     "live": name in checked.live,
                     "beat_age_s": round(now - float(info.get("at", now)), 1) if info else None,
                     "running": info.get("running"),
-                    "started": info.get("started"),
                     "succeeded": info.get("succeeded"),
                     "retried": info.get("retried"),
                     "dead_lettered": info.get("dead_lettered"),
@@ -59,7 +59,7 @@ async def replicas(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]:
 
 async def bulk_runs(redis: ArqRedis, settings: Settings) -> list[dict[str, Any]]:
     """``fleet rethumb`` runs with progress and, while one runs, its ETA at the mean rate so far."""
-    prefix = f"{settings.namespace}:rethumb:"
+    prefix = bulk_run_prefix(settings.namespace)
     runs: list[dict[str, Any]] = []
     async for raw_key in redis.scan_iter(match=f"{prefix}*", count=500):
         run_id = raw_key.decode()[len(prefix) :]

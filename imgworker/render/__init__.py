@@ -1,15 +1,7 @@
 """Pure image code: pyvips in, files out. Knows nothing of queues, Redis or arq."""
 
 from imgworker.render.errors import RenderError
-from imgworker.render.options import (
-    Output,
-    RenderOptions,
-    RenderRequest,
-    RenderResult,
-    Variant,
-    VariantStatus,
-    default_options,
-)
+from imgworker.render.options import Output, RenderOptions, RenderRequest, RenderResult, Variant, options_of
 from imgworker.render.pipeline import current, render
 
 __all__ = [
@@ -19,8 +11,7 @@ __all__ = [
     "RenderRequest",
     "RenderResult",
     "Variant",
-    "VariantStatus",
     "current",
-    "default_options",
+    "options_of",
     "render",
 ]

@@ -1,20 +1,14 @@
-"""What to render: variant sizes, formats, qualities. Plain data, picklable into pool processes."""
+"""What to render: variant sizes, formats, qualities. Plain data, picklable into pool processes.
+
+The variants are derived from :class:`~fleet.render_settings.RenderSettings` (one home for the
+render settings and their defaults); the board's codes and folders are :mod:`fleet.board`'s."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
-# Normalised format of a stored extension.
-FORMAT_OF_EXT = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "gif": "gif", "webp": "webp", "avif": "avif"}
-
-
-class VariantStatus(enum.IntEnum):
-    """As the board's ``images.medium`` / ``images.large`` columns store it."""
-
-    NONE = 0
-    READY = 1
-    PENDING = 2
+from fleet.board import Folder, VariantStatus
+from fleet.render_settings import DECODE_BUDGET_MB, FORMAT_OF_EXT, MAX_PIXELS, RenderSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +24,8 @@ class Variant:
     format: str | None = None
     """An output format (webp, jpeg, png, gif, avif), or None for the original's own format."""
     sharpen: bool = False
+    effort: int = 4
+    """WebP encode effort (0-6; libvips' default 4): only a WebP output reads it."""
     always: bool = False
     """Made for every original; otherwise only for originals larger than its box whose
     rendition is smaller in bytes than the original."""
@@ -56,8 +52,8 @@ class Variant:
 @dataclass(frozen=True, slots=True)
 class RenderOptions:
     variants: tuple[Variant, ...]
-    max_pixels: int = 100_000_000
-    decode_budget_mb: int = 512
+    max_pixels: int = MAX_PIXELS
+    decode_budget_mb: int = DECODE_BUDGET_MB
     """Formats decoded whole (AVIF, interlaced PNG, progressive JPEG, GIF) are refused from the
     header when their decoded bytes are over this (0: no budget)."""
     fail_on: str = "truncated"
@@ -73,39 +69,35 @@ class RenderOptions:
         object.__setattr__(self, "variants", tuple(sorted(self.variants, key=lambda v: -v.width * v.height)))
 
 
-def default_options(
-    *,
-    thumb_width: int = 500,
-    thumb_height: int = 500,
-    thumb_format: str = "webp",
-    thumb_quality: int = 75,
-    thumb_sharpen: bool = True,
-    medium_edge: int = 1280,
-    large_edge: int = 2048,
-    variant_quality: int = 90,
-    max_pixels: int = 100_000_000,
-    decode_budget_mb: int = 512,
-    iqdb: bool = False,
-) -> RenderOptions:
-    """The board's variants; ``iqdb`` adds ``iqdb/{filename}.jpg``, the thumbnail's pixels as
-    JPEG, because danbooru/iqdb decodes JPEG only (and the light workers carry no libvips)."""
+def variants_of(settings: RenderSettings) -> tuple[Variant, ...]:
+    """The board's variants; with ``settings.iqdb``, also ``iqdb/{filename}.jpg``, the thumbnail's
+    pixels as JPEG, because danbooru/iqdb decodes JPEG only (and the light workers carry no libvips)."""
+    large, medium, quality = settings.large_edge, settings.medium_edge, settings.variant_quality
+    box = (settings.thumb_width, settings.thumb_height)
     variants = [
-        Variant("large", "large", large_edge, large_edge, variant_quality),
-        Variant("medium", "medium", medium_edge, medium_edge, variant_quality),
+        Variant("large", Folder.LARGE, large, large, quality),
+        Variant("medium", Folder.MEDIUM, medium, medium, quality),
         Variant(
             "thumb",
-            "thumbs",
-            thumb_width,
-            thumb_height,
-            thumb_quality,
-            thumb_format,
-            thumb_sharpen,
+            Folder.THUMBS,
+            *box,
+            settings.thumb_quality,
+            settings.thumb_format,
+            settings.thumb_sharpen,
+            effort=settings.thumb_effort,
             always=True,
         ),
     ]
-    if iqdb:
-        variants.append(Variant("iqdb", "iqdb", thumb_width, thumb_height, 90, "jpeg", always=True))
-    return RenderOptions(variants=tuple(variants), max_pixels=max_pixels, decode_budget_mb=decode_budget_mb)
+    if settings.iqdb:
+        variants.append(Variant("iqdb", Folder.IQDB, *box, 90, "jpeg", always=True))
+    return tuple(variants)
+
+
+def options_of(
+    settings: RenderSettings, *, max_pixels: int = MAX_PIXELS, decode_budget_mb: int = DECODE_BUDGET_MB
+) -> RenderOptions:
+    """Render options for ``settings`` within these limits (a bulk run narrows them further)."""
+    return RenderOptions(variants_of(settings), max_pixels=max_pixels, decode_budget_mb=decode_budget_mb)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +109,11 @@ class RenderRequest:
     ext: str
     public: bool = True
     """With the board's two buckets, which one holds the image (its status chooses)."""
+
+    @property
+    def file(self) -> str:
+        """The original, relative to the storage root (as results and errors name it)."""
+        return f"{Folder.ORIGINALS}/{self.filename}.{self.ext}"
 
 
 @dataclass(frozen=True, slots=True)

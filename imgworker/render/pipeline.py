@@ -9,22 +9,16 @@ instead of decoding the original three times.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyvips
 
+from fleet.board import Folder, VariantStatus
 from fleet.paths import UnsafePathError
 from imgworker.render import steps, storage
 from imgworker.render.errors import RenderError, TooMuchMemoryError, UnsupportedImageError
-from imgworker.render.options import (
-    Output,
-    RenderOptions,
-    RenderRequest,
-    RenderResult,
-    Variant,
-    VariantStatus,
-)
+from imgworker.render.options import Output, RenderOptions, RenderRequest, RenderResult, Variant
 from imgworker.render.storage import Listed, Name, Store, Where
 
 COMPARED = frozenset({"iqdb"})
@@ -38,12 +32,20 @@ def render(where: Where, request: RenderRequest, options: RenderOptions) -> Rend
     A medium or large that cannot be made fails alone: the thumbnail (and the IQDB JPEG) are
     still written, the result is not ``ok``, and its error names the variant."""
     started = time.perf_counter()
-    file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
+    return result_of(
+        request, started, lambda: _render(storage.store_for(where, request.public), request, options)
+    )
+
+
+def result_of(request: RenderRequest, started: float, work: Callable[[], dict[str, Output]]) -> RenderResult:
+    """The result of ``work`` (a render's outputs), its errors mapped to their class as every
+    backend reports them; ``started`` is when the render began (perf_counter)."""
+    file = request.file
     try:
-        [skipped] = current(where, [request], options)  # nothing to look up without a skip mode
-        if skipped is not None:
-            return skipped
-        outputs = _render(storage.store_for(where, request.public), request, options)
+        outputs = work()
+    except AlreadyCurrent as current:
+        seconds = time.perf_counter() - started
+        return RenderResult(request.image_id, file, True, current.outputs, skipped=True, seconds=seconds)
     except (RenderError, UnsafePathError) as exc:
         error: Exception = exc
     except pyvips.Error as exc:
@@ -90,25 +92,19 @@ def _decode_error(file: str, exc: pyvips.Error) -> RenderError:
 def _render(root: Store, request: RenderRequest, options: RenderOptions) -> dict[str, Output]:
     original = root.original(request.filename, request.ext)  # one read (one GET from a bucket)
     header = steps.inspect(original.source, options.max_pixels, options.decode_budget_mb)
-    wanted = [v for v in options.variants if v.always or not v.fits(header.width, header.height)]
-    outputs: dict[str, Output] = {}
-    if wanted:  # none: e.g. a bulk run of medium only, over an original smaller than medium
-        resized = _cascade(original.source, header, wanted, options)
-        # The thumbnail side first: it is what every page shows, and it depends on nothing else.
-        for variant in sorted(wanted, key=lambda v: not v.always):
-            image = resized[variant.name]
-            if variant.always:  # the thumbnail failing fails the whole render
-                outputs[variant.name] = _write_variant(root, request, variant, image, original.size)
-            else:
-                outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.size)
-    # Not wanted, or no smaller than the original: NONE, their stale files removed together.
-    dropped = [v for v in options.variants if v.name not in outputs or _none(outputs[v.name])]
-    return outputs | _drop(root, dropped, request)
-
-
-def _none(output: Output) -> bool:
-    """Made, but not kept: no smaller than the original (a failure is not that)."""
-    return output.status is VariantStatus.NONE and not output.failed
+    wanted = wanted_variants(options, header.width, header.height)
+    outputs = settle_unwanted(root, request, wanted, original.modified, options)
+    if not wanted:  # e.g. a bulk run of medium only, over an original smaller than medium
+        return outputs
+    resized = _cascade(original.source, header, wanted, options)
+    # The thumbnail side first: it is what every page shows, and it depends on nothing else.
+    for variant in sorted(wanted, key=lambda v: not v.always):
+        image = resized[variant.name]
+        if variant.always:  # the thumbnail failing fails the whole render
+            outputs[variant.name] = _write_variant(root, request, variant, image, original.size)
+        else:
+            outputs[variant.name] = _write_or_fail_alone(root, request, variant, image, original.size)
+    return outputs
 
 
 def _cascade(
@@ -138,6 +134,35 @@ def _cascade(
     return resized
 
 
+def wanted_variants(options: RenderOptions, width: int, height: int) -> list[Variant]:
+    """The variants an original of ``width`` x ``height`` gets: the thumbnail side always,
+    a medium or large only when the original is larger than its box."""
+    return [v for v in options.variants if v.always or not v.fits(width, height)]
+
+
+def settle_unwanted(
+    root: Store, request: RenderRequest, wanted: list[Variant], modified: float, options: RenderOptions
+) -> dict[str, Output]:
+    """Before any decode: raise :class:`AlreadyCurrent` when the outputs are current (the rule
+    of :func:`current`, for one original already read, modified at ``modified``), else drop the
+    variants not wanted (their stale files removed, in one request to a bucket) and return those."""
+    if options.skip_current_since is not None or options.skip_existing:
+        outputs = {
+            v.name: root.listed(v.folder, [(request.filename, v.ext(request.ext))]) for v in options.variants
+        }
+        original = {(request.filename, request.ext): Listed(0, modified)}
+        found = _current(request, original, outputs, options)
+        if found is not None:
+            raise AlreadyCurrent(_on_disk(request, found, options))
+    return _drop(root, [v for v in options.variants if v not in wanted], request)
+
+
+class AlreadyCurrent(Exception):
+    def __init__(self, outputs: dict[str, Output]) -> None:
+        super().__init__("outputs already current")
+        self.outputs = outputs
+
+
 def current(
     where: Where, requests: Sequence[RenderRequest], options: RenderOptions
 ) -> list[RenderResult | None]:
@@ -162,7 +187,7 @@ def current(
         originals = (
             {}
             if options.skip_existing
-            else root.listed(storage.ORIGINALS, [(r.filename, r.ext) for r in chosen])
+            else root.listed(Folder.ORIGINALS, [(r.filename, r.ext) for r in chosen])
         )
         outputs = {
             v.name: root.listed(v.folder, [(r.filename, v.ext(r.ext)) for r in chosen])
@@ -171,9 +196,8 @@ def current(
         for index, request in zip(indexes, chosen, strict=True):
             found = _current(request, originals, outputs, options)
             if found is not None:
-                file = f"{storage.ORIGINALS}/{request.filename}.{request.ext}"
                 results[index] = RenderResult(
-                    request.image_id, file, True, _on_disk(request, found, options), skipped=True
+                    request.image_id, request.file, True, _on_disk(request, found, options), skipped=True
                 )
     seconds = (time.perf_counter() - started) / len(requests) if requests else 0.0
     for result in results:
@@ -232,17 +256,31 @@ def _write_variant(
         raise UnsupportedImageError(f"cannot write a {variant.name} variant as .{request.ext}")
     if variant.sharpen:
         image = steps.sharpen(image)
-    data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality)
-    if not variant.always and len(data) >= original_bytes:
-        return Output(variant.name, VariantStatus.NONE)  # no smaller: the original is served
+    data = steps.encode(steps.flatten(image, fmt), fmt, variant.quality, variant.effort)
+    return store_encoded(root, request, variant, data, image.width, image.height, original_bytes)
+
+
+def store_encoded(
+    root: Store,
+    request: RenderRequest,
+    variant: Variant,
+    data: bytes,
+    width: int,
+    height: int,
+    original_bytes: int,
+) -> Output:
+    """Write one encoded variant (atomically), or drop it when it is not smaller than the
+    original: the one place either backend stores an output."""
+    if not variant.always and len(data) >= original_bytes:  # no smaller: serve the original
+        return _drop(root, [variant], request)[variant.name]
     ext = variant.ext(request.ext)
     changed = root.put(variant.folder, request.filename, ext, data, compare=variant.name in COMPARED)
     return Output(
         variant.name,
         VariantStatus.READY,
         f"{variant.folder}/{request.filename}.{ext}",
-        image.width,
-        image.height,
+        width,
+        height,
         len(data),
         changed,
     )
@@ -251,10 +289,14 @@ def _write_variant(
 def _write_or_fail_alone(
     root: Store, request: RenderRequest, variant: Variant, image: pyvips.Image, original_bytes: int
 ) -> Output:
+    return fail_alone(variant, lambda: _write_variant(root, request, variant, image, original_bytes))
+
+
+def fail_alone(variant: Variant, write: Callable[[], Output]) -> Output:
     """A medium or large whose encode or write fails is reported, not raised: the board treats
     it as independent of the thumbnail, which must still be made."""
     try:
-        return _write_variant(root, request, variant, image, original_bytes)
+        return write()
     except (RenderError, UnsafePathError) as exc:
         error: Exception = exc
     except pyvips.Error as exc:  # an encoder that refuses these pixels

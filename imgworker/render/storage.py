@@ -16,18 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleet.board import Folder
 from fleet.objects import NO_BUCKET, BucketConfig, BucketPair, first_line, open_bucket, refusal
 from fleet.paths import UnsafePathError, check_name, inside
 from imgworker.render.errors import BucketRefusedError, MissingOriginalError, RenderError, StorageError
 
-ORIGINALS = "fullsize"
-
 
 def original_path(root: Path, filename: str, ext: str) -> Path:
     check_name(filename, ext)
-    path = inside(root, root / ORIGINALS / f"{filename}.{ext}")
+    path = inside(root, root / Folder.ORIGINALS / f"{filename}.{ext}")
     if not path.is_file():
-        raise MissingOriginalError(f"original {ORIGINALS}/{filename}.{ext} does not exist")
+        raise MissingOriginalError(f"original {Folder.ORIGINALS}/{filename}.{ext} does not exist")
     return path
 
 
@@ -97,6 +96,8 @@ class Original:
     """An original as read for one render: a file (decoded from disk) or the bytes of one GET."""
 
     source: Path | bytes
+    modified: float
+    """Seconds since the epoch: outputs older than this are stale."""
     size: int
 
 
@@ -143,7 +144,8 @@ class LocalStore:
 
     def original(self, filename: str, ext: str) -> Original:
         path = original_path(self.root, filename, ext)
-        return Original(path, path.stat().st_size)
+        stat = path.stat()
+        return Original(path, stat.st_mtime, stat.st_size)
 
     def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
         """One stat per name."""
@@ -203,7 +205,7 @@ class ObjectStore:
     def original(self, filename: str, ext: str) -> Original:
         import obstore
 
-        key = self.key(ORIGINALS, filename, ext)
+        key = self.key(Folder.ORIGINALS, filename, ext)
         try:
             result = obstore.get(self.client, key)
             data = bytes(result.bytes())
@@ -213,7 +215,7 @@ class ObjectStore:
             raise MissingOriginalError(f"original {key} is not in bucket {self.config.bucket}") from exc
         except Exception as exc:
             raise self._error("read", key, exc) from exc
-        return Original(data, len(data))
+        return Original(data, result.meta["last_modified"].timestamp(), len(data))
 
     def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
         """One listing of the key range the names span (a request per 1,000 keys in it), not a
