@@ -311,6 +311,15 @@ def in_bucket(settings: Settings, bucket: ObjectStore, database_url: str | None 
     )
 
 
+def in_two_buckets(
+    settings: Settings, public: ObjectStore, private: ObjectStore, database_url: str
+) -> Settings:
+    """``settings`` with the board's two buckets (STORAGE_URL=r2://) and its database."""
+    return in_bucket(settings, public, database_url).replace(
+        storage_url="r2://", r2_public_bucket=public.config.bucket, r2_private_bucket=private.config.bucket
+    )
+
+
 @pytest.fixture
 async def board_sqlite(tmp_path: Path) -> str:
     """fleet's copy of the board's tables on SQLite (it has iqdb_hash and r2_location)."""
@@ -400,17 +409,7 @@ async def test_the_boards_two_buckets_each_image_in_the_one_its_status_chooses(
         image = images.pattern(1500, 900, seed=image_id)  # a thumbnail and a medium
         names[image_id] = upload_original(where, tmp_path / "src", f"2025-01-01-{image_id}.png", image)
     with IqdbServer() as iqdb:
-        board = settings.replace(
-            storage_url="r2://",
-            r2_public_bucket=public.config.bucket,
-            r2_private_bucket=private.config.bucket,
-            r2_endpoint=s3_endpoint,
-            storage_region="us-east-1",
-            r2_access_key_id="test",
-            r2_secret_access_key="test",
-            database_url=board_sqlite,
-            iqdb_url=iqdb.url,
-        )
+        board = in_two_buckets(settings, public, private, board_sqlite).replace(iqdb_url=iqdb.url)
         workers = (img_worker_settings(board), iqdb_worker_settings(board), db_worker_settings(board))
         async with await FleetClient.connect(board) as client, running_worker(*workers):
             jobs = [await client.render_upload(i, *names[i], status=s) for i, s in statuses.items()]
@@ -560,16 +559,7 @@ async def test_the_boards_two_buckets_in_a_bulk_run_each_image_rendered_in_its_o
         upload_original(
             home, tmp_path / "src", f"2025-01-01-{image_id}.png", images.pattern(1500, 900, seed=image_id)
         )
-    board = settings.replace(
-        storage_url="r2://",
-        r2_public_bucket=public.config.bucket,
-        r2_private_bucket=private.config.bucket,
-        r2_endpoint=s3_endpoint,
-        storage_region="us-east-1",
-        r2_access_key_id="test",
-        r2_secret_access_key="test",
-        database_url=board_sqlite,
-    )
+    board = in_two_buckets(settings, public, private, board_sqlite)
 
     def placed() -> None:
         for image_id, home in homes.items():
