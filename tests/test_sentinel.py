@@ -79,9 +79,10 @@ def test_a_bad_sentinel_url_is_refused_with_the_password_masked(url: str, why: s
 async def test_an_enqueue_is_idempotent_by_job_id(client: FleetClient, settings: Settings) -> None:
     """Queueing again under an id already queued (an enqueue that failed unconfirmed, retried)
     returns that job and queues nothing: what makes retrying an enqueue safe."""
-    first = await client.enqueue(RENDER_UPLOAD, RenderUpload(1, "2025-01-01-1", "png"), job_id="upload-1")
-    again = await client.enqueue(RENDER_UPLOAD, RenderUpload(2, "2025-01-01-2", "png"), job_id="upload-1")
-    assert again.job_id == first.job_id == "upload-1"
+    job_id = f"upload-{uuid.uuid4().hex}"  # arq's job keys are not namespaced: one of its own
+    first = await client.enqueue(RENDER_UPLOAD, RenderUpload(1, "2025-01-01-1", "png"), job_id=job_id)
+    again = await client.enqueue(RENDER_UPLOAD, RenderUpload(2, "2025-01-01-2", "png"), job_id=job_id)
+    assert again.job_id == first.job_id == job_id
     assert await client.redis.zcard(queue_key(settings.namespace, Queue.IMG)) == 1
     info = await again.info()
     assert info is not None and info.args[0]["image_id"] == 1  # the first payload, kept
