@@ -11,6 +11,11 @@ FLOORS: dict[str, float] = {
     "efficiency": 0.80,  # fleet end to end / the same renders on a direct pool
     "cascade_speedup": 1.2,  # three independent renders / one-decode cascade
     "pillow_speedup": 1.3,  # Pillow LANCZOS / cascade
+    # bucket / folder, moto serving the bucket on the same 2 cores: 0.77-0.88 measured at 3.38
+    # requests per render (moto ~8-11 % of the pool's CPU), 0.59-0.72 at 5.45 (a HEAD before
+    # every PUT); the other engineers' load moves it by 0.1, so this floor only catches a gross
+    # regression: tests/test_s3.py pins the requests a render makes exactly.
+    "s3_ratio": 0.65,
 }
 
 # Full-mode targets: reported as met or missed, with the measured value.

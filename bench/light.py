@@ -153,7 +153,7 @@ def _mariadb_reachable() -> bool:
 
 async def main(n: int) -> list[dict[str, Any]]:
     with EmbeddedRedis() as redis, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(redis_url=redis.url, log_level="WARNING")
+        settings = Settings(redis_url=redis.url, log_level="WARNING", metrics_port=0)  # a shared host
         results = []
         kinds = ("mariadb", "sqlite") if _mariadb_reachable() else ("sqlite",)
         for kind in kinds:

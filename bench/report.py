@@ -35,7 +35,10 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
 
 def below_floors(results: dict[str, Any]) -> list[str]:
     values = headline(results)
-    return [f"{k} = {values[k]} < floor {floor}" for k, floor in FLOORS.items() if values[k] < floor]
+    missing = [f"{k} not measured (floor {floor})" for k, floor in FLOORS.items() if k not in values]
+    return missing + [
+        f"{k} = {values[k]} < floor {floor}" for k, floor in FLOORS.items() if values.get(k, floor) < floor
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -98,6 +101,14 @@ def _s3(s3: dict[str, Any] | None) -> list[str]:
         f"| img, local folder (pool, same run as S3) | {s3['local_renders_per_s']} renders/s |",
         f"| img, S3 bucket (moto on loopback) | {s3['s3_renders_per_s']} renders/s, "
         f"{s3['s3_ratio']} of local |",
+        *(
+            [
+                f"| S3: requests per render / moto CPU per request / moto's share of the pool's CPU | "
+                f"{s3['requests_per_render']} / {s3['moto_cpu_ms_per_request']} ms / {s3['moto_cpu_share']} |"
+            ]
+            if "requests_per_render" in s3
+            else []
+        ),
     ]
 
 

@@ -32,7 +32,7 @@ from arq.utils import timestamp_ms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleet import db, serializer, wake
-from fleet.board import Folder
+from fleet.board import PUBLIC_STATUSES, Folder
 from fleet.errors import FleetError, InvalidPayloadError
 from fleet.keys import (
     bulk_done_key,
@@ -42,6 +42,7 @@ from fleet.keys import (
     queue_key,
     render_settings_key,
 )
+from fleet.objects import BucketConfig, bucket_config, bucket_pair, buckets, first_line, open_bucket, refusal
 from fleet.registry import MAX_IMAGE_ID, RENDER_BATCH, Queue, RenderBatch
 from fleet.render_settings import settings_differ
 from fleet.settings import Settings
@@ -167,6 +168,9 @@ class Selection:
     since: date | None = None
     until: date | None = None
     from_dir: Path | None = None
+    from_prefix: str | None = None
+    """``fullsize/`` (or a longer prefix under it) of the bucket, or of both of the board's
+    buckets, instead of the ``images`` table."""
     variants: tuple[str, ...] = ()
     mode: str = "stale"
     """stale: skip originals whose outputs are current; missing: skip those whose outputs
@@ -174,25 +178,34 @@ class Selection:
     reindex: str = "changed"
 
     def run_id(self, settings: Settings) -> str:
-        described = json.dumps(
-            {**asdict(self), "from_dir": str(self.from_dir) if self.from_dir else None,
-             "fingerprint": settings.render.fingerprint()},
-            default=str, sort_keys=True,
-        )  # fmt: skip
-        return hashlib.sha1(described.encode()).hexdigest()[:12]
+        described = {
+            **asdict(self),
+            "from_dir": str(self.from_dir) if self.from_dir else None,
+            "fingerprint": settings.render.fingerprint(),
+        }
+        if self.from_prefix is None:  # runs from before prefixes keep their ids (and resume)
+            del described["from_prefix"]
+        text = json.dumps(described, default=str, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    @property
+    def listed(self) -> bool:
+        """Whether the work list is a listing (numbered by position, no board rows behind it)."""
+        return self.from_dir is not None or self.from_prefix is not None
 
 
-Item = tuple[int, str, str]  # (image id or folder position, stored filename, ext)
+Item = tuple[int, str, str, bool]
+"""(image id or listing position, stored filename, ext, in the public bucket)."""
 
 
 @dataclass(frozen=True)
 class Listing:
-    """A folder's originals in name order, numbered by position, read in one pass."""
+    """A folder's or bucket prefix's originals in name order, numbered by position, read in one pass."""
 
     items: list[Item]
     positions: list[int]
     fingerprint: str
-    """A hash of every listed name and size: a resumed run checks the folder is unchanged."""
+    """A hash of every listed name and size: a resumed run checks the listing is unchanged."""
 
 
 def list_folder(folder: Path) -> Listing:
@@ -201,22 +214,81 @@ def list_folder(folder: Path) -> Listing:
         files = sorted(
             (e.name, e.stat().st_size) for e in entries if e.is_file() and not e.name.startswith(".")
         )
+    return _numbered([(name, size, None, True) for name, size in files])
+
+
+Listed = tuple[str, int, str | None, bool]
+"""(file name, size, the bucket it was listed in or None for a folder, in the public bucket)."""
+
+
+def _numbered(files: list[Listed]) -> Listing:
+    """Files in name order, numbered from 1 (names without a suffix keep their number, unlisted)."""
     items: list[Item] = []
     digest = hashlib.sha1()
-    for position, (name, size) in enumerate(files, start=1):
+    for position, (name, size, bucket, public) in enumerate(files, start=1):
         path = Path(name)
         if path.suffix:
-            items.append((position, path.stem, path.suffix.lstrip(".")))
-            digest.update(f"{name}\0{size}\n".encode(errors="surrogateescape"))
-    return Listing(items, [i for i, _, _ in items], digest.hexdigest()[:16])
+            items.append((position, path.stem, path.suffix.lstrip("."), public))
+            where = f"{bucket}\0" if bucket is not None else ""
+            digest.update(f"{where}{name}\0{size}\n".encode(errors="surrogateescape"))
+    return Listing(items, [item[0] for item in items], digest.hexdigest()[:16])
+
+
+async def list_prefix(settings: Settings, prefix: str) -> Listing:
+    """The originals under ``prefix`` in the bucket (each of the board's two, its items marked
+    with the one it is in), by batched listing: a request per 1,000 keys, sizes included."""
+    pair, one = bucket_pair(settings), bucket_config(settings)
+    sources = [(pair.public, True), (pair.private, False)] if pair else [(one, True)] if one else []
+    files: list[Listed] = []
+    for config, public in sources:
+        assert config is not None
+        try:
+            found = await _originals(config, prefix)
+        except Exception as exc:
+            refused = refusal(config, "list", prefix, exc)
+            raise FleetError(
+                refused or f"cannot list {prefix} in bucket {config.bucket}: {first_line(exc)}"
+            ) from exc
+        files += [(name, size, config.bucket, public) for name, size in found]
+    files.sort(key=lambda f: (f[0], not f[3]))
+    return _numbered(files)
+
+
+async def _originals(config: BucketConfig, prefix: str) -> list[tuple[str, int]]:
+    """(name, size) of the objects directly under ``prefix``, dot-files left out. Prefixes are
+    whole path segments to obstore, so fullsize/ is listed from just before ours."""
+    import obstore
+
+    start = prefix[:-1] if prefix != ORIGINALS_PREFIX else None
+    found: list[tuple[str, int]] = []
+    async for page in obstore.list(open_bucket(config), Folder.ORIGINALS, offset=start, chunk_size=1000):
+        for meta in page:
+            key = str(meta["path"])
+            if not key.startswith(prefix):
+                if key > prefix:
+                    return found  # past the prefix: no more pages needed
+                continue
+            name = key.removeprefix(ORIGINALS_PREFIX)
+            if "/" not in name and not name.startswith("."):
+                found.append((name, int(meta["size"])))
+    return found
+
+
+ORIGINALS_PREFIX = f"{Folder.ORIGINALS}/"
+"""Where workers read originals from, in a folder or a bucket."""
 
 
 class WorkList:
     """The selection as a sequence ordered by id, read a batch at a time after a cursor."""
 
-    def __init__(self, selection: Selection, engine: AsyncEngine | None) -> None:
+    def __init__(
+        self, selection: Selection, engine: AsyncEngine | None, settings: Settings | None = None
+    ) -> None:
         self.selection = selection
         self.engine = engine
+        self.settings = settings
+        """Where a prefix is listed (its buckets); and with the board's two, the table's
+        statuses choose each image's."""
         self._listing: Listing | None = None
 
     def _where(self) -> list[sa.ColumnElement[bool]]:
@@ -230,40 +302,45 @@ class WorkList:
             clauses.append(c.filename < (s.until + timedelta(days=1)).isoformat())
         return clauses
 
-    def _folder(self) -> Listing:
-        """The folder, listed once per run (each page is a slice of it, not a new scan)."""
+    async def listing(self) -> Listing | None:
+        """The folder or prefix, listed once per run (each page is a slice of it, not a new
+        scan); None for the ``images`` table."""
         if self._listing is None:
-            assert self.selection.from_dir is not None
-            self._listing = list_folder(self.selection.from_dir)
+            if self.selection.from_dir is not None:
+                self._listing = list_folder(self.selection.from_dir)
+            elif self.selection.from_prefix is not None:
+                assert self.settings is not None
+                self._listing = await list_prefix(self.settings, self.selection.from_prefix)
         return self._listing
 
-    def fingerprint(self) -> str | None:
-        """What the run's work list was made of, where it can change under a run (a folder)."""
-        return self._folder().fingerprint if self.selection.from_dir is not None else None
+    async def fingerprint(self) -> str | None:
+        """What the run's work list was made of, where it can change under a run (a listing)."""
+        listing = await self.listing()
+        return listing.fingerprint if listing is not None else None
 
     async def count(self) -> int:
-        if self.selection.from_dir is not None:
-            return len(self._folder().items)
+        if (listing := await self.listing()) is not None:
+            return len(listing.items)
         assert self.engine is not None
         async with self.engine.connect() as conn:
             query = sa.select(sa.func.count()).select_from(db.images).where(*self._where())
             return int((await conn.execute(query)).scalar_one())
 
     async def after(self, cursor: int, limit: int) -> list[Item]:
-        if self.selection.from_dir is not None:
-            listing = self._folder()
+        if (listing := await self.listing()) is not None:
             start = bisect.bisect_right(listing.positions, cursor)
             return listing.items[start : start + limit]
         assert self.engine is not None
         c = db.images.c
         query = (
-            sa.select(c.image_id, c.filename, c.ext)
+            sa.select(c.image_id, c.filename, c.ext, c.status)
             .where(c.image_id > cursor, *self._where())
             .order_by(c.image_id)
             .limit(limit)
         )
         async with self.engine.connect() as conn:
-            return [(int(i), str(f), str(e)) for i, f, e in (await conn.execute(query)).all()]
+            rows = (await conn.execute(query)).all()
+        return [(int(i), str(f), str(e), int(status) in PUBLIC_STATUSES) for i, f, e, status in rows]
 
 
 # --- the feeder ----------------------------------------------------------------------------------
@@ -321,6 +398,12 @@ async def _enqueue_batches(
         pipe.hincrby(run.key, "fed", sum(len(b.image_ids) for b in batches))
         pipe.expire(run.key, run.ttl_s)
         await pipe.execute()
+    replicas = settings.confirm_replicas
+    if replicas and await wake.nudge(redis, queue, replicas, settings.enqueue_wait_s) < replicas:
+        raise FleetError(
+            f"batches queued, but not held by {replicas} replicas after {settings.enqueue_wait_s:g} s "
+            f"(ENQUEUE_REPLICAS): run {run.run_id} is kept; --resume goes on from what Redis holds"
+        )
 
 
 async def rethumb(
@@ -345,12 +428,14 @@ async def rethumb(
     a FleetError (the run stays resumable); ``warn`` hears at once that none serves."""
     if selection.from_dir is not None:
         check_folder(settings, selection.from_dir)
-    work = WorkList(selection, engine)
+    if selection.from_prefix is not None:
+        check_prefix(settings, selection.from_prefix)
+    work = WorkList(selection, engine, settings)
     run = BulkRun(redis, settings.namespace, selection.run_id(settings), settings.bulk_run_ttl_s)
     state = await run.state()
     if dry_run:
         return Summary(run.run_id, total=await work.count(), dry_run=True)
-    if (finished := _finished_or_refused(work, run, state, resume, force)) is not None:
+    if (finished := await _finished_or_refused(work, run, state, resume, force)) is not None:
         return finished
     watch = WorkerWatch(redis, settings, wait_for_workers_s, warn)
     await watch.refuse_other_settings()
@@ -359,7 +444,10 @@ async def rethumb(
     options = _run_options(state, selection)
     report = _Report(run, watch, progress)
     counts_at_start = await run.processed()
-    batch = functools.partial(_batch, run.run_id, selection, options, settings.render.fingerprint())
+    two_buckets = bucket_pair(settings) is not None
+    batch = functools.partial(
+        _batch, run.run_id, selection, options, settings.render.fingerprint(), two_buckets
+    )
     await _feed(redis, settings, run, work, int(state["cursor"]), batch, report, poll_s)
     while (await report())[1] < int(state["total"]):
         await asyncio.sleep(poll_s)
@@ -367,13 +455,13 @@ async def rethumb(
     return await _close(run, report.started, counts_at_start, options, resuming)
 
 
-def _finished_or_refused(
+async def _finished_or_refused(
     work: WorkList, run: BulkRun, state: dict[str, str], resume: bool, force: bool
 ) -> Summary | None:
     """The summary of a run already finished; a FleetError for an interrupted one that is
     neither resumed nor forced; None to go on."""
     if state and not force:
-        _check_unchanged(work, run, state)
+        await _check_unchanged(work, run, state)
     if state.get("finished") == "1" and not force:
         return _summary(run.run_id, state, already_finished=True)
     if state and state.get("finished") != "1" and not (resume or force):
@@ -401,7 +489,7 @@ async def _open(
         "variants": ",".join(selection.variants),
         "reindex": selection.reindex,
     }
-    if (listing := work.fingerprint()) is not None:
+    if (listing := await work.fingerprint()) is not None:
         fresh["listing"] = listing
     await run.save({**fresh, **dict.fromkeys(OUTCOMES, 0)})
     return await run.state()
@@ -441,19 +529,26 @@ class _Report:
 
 
 def _batch(
-    run_id: str, selection: Selection, options: dict[str, Any], fingerprint: str, items: list[Item]
+    run_id: str,
+    selection: Selection,
+    options: dict[str, Any],
+    fingerprint: str,
+    two_buckets: bool,
+    items: list[Item],
 ) -> RenderBatch:
-    """One job of the run: ``items`` with the options the run started with."""
+    """One job of the run: ``items`` with the options the run started with; with the board's
+    two buckets, which one each image is in."""
     return RenderBatch(
         run_id=run_id,
-        image_ids=[i for i, _, _ in items],
-        filenames=[f for _, f, _ in items],
-        exts=[e for _, _, e in items],
+        image_ids=[item[0] for item in items],
+        filenames=[item[1] for item in items],
+        exts=[item[2] for item in items],
         variants=list(options["variants"]),
         mode=options["mode"],
         reindex=options["reindex"],
-        with_db=selection.from_dir is None,
+        with_db=not selection.listed,
         fingerprint=fingerprint,
+        public=[item[3] for item in items] if two_buckets else None,
     )
 
 
@@ -507,6 +602,20 @@ def check_folder(settings: Settings, folder: Path) -> None:
             f"--from-dir {folder} is not the originals folder {root} (STORAGE_PATH/fullsize): workers "
             "read originals only from there; move or link the files into it, or set STORAGE_PATH to "
             "the root that holds this folder as fullsize/"
+        )
+
+
+def check_prefix(settings: Settings, prefix: str) -> None:
+    """Workers read originals from fullsize/ in the bucket(s) of STORAGE_URL only."""
+    if not buckets(settings):
+        raise FleetError(
+            f"--from-prefix {prefix} lists a bucket, and STORAGE_URL is not one (it is the folder "
+            f"STORAGE_PATH={settings.storage_path}): use --from-dir for a folder"
+        )
+    if not prefix.startswith(ORIGINALS_PREFIX):
+        raise FleetError(
+            f"--from-prefix {prefix} is not under {ORIGINALS_PREFIX}: workers read originals only from "
+            f"there; give {ORIGINALS_PREFIX} (all of them) or a longer prefix, e.g. {ORIGINALS_PREFIX}2025-"
         )
 
 
@@ -571,15 +680,16 @@ class WorkerWatch:
             )
 
 
-def _check_unchanged(work: WorkList, run: BulkRun, state: dict[str, str]) -> None:
-    """Refuse to go on with a folder run whose folder changed: its positions no longer name
-    the same files, and a new file would be skipped while the run reports success."""
-    listing = work.fingerprint()
-    if listing is None or state.get("listing") == listing:
+async def _check_unchanged(work: WorkList, run: BulkRun, state: dict[str, str]) -> None:
+    """Refuse to go on with a folder or prefix run whose listing changed: its positions no
+    longer name the same files, and a new file would be skipped while the run reports success."""
+    listing = await work.listing()
+    if listing is None or state.get("listing") == listing.fingerprint:
         return
+    where = work.selection.from_dir or work.selection.from_prefix
     raise FleetError(
-        f"{work.selection.from_dir} changed since run {run.run_id} started (files added, removed or "
-        f"resized; {state.get('total', '?')} then, {len(work._folder().items)} now): pass --force to "
+        f"{where} changed since run {run.run_id} started (files added, removed or "
+        f"resized; {state.get('total', '?')} then, {len(listing.items)} now): pass --force to "
         "start this run over, or --missing for a new run that renders only what has no outputs"
     )
 

@@ -280,11 +280,12 @@ async def _rethumb(args: argparse.Namespace) -> int:
         since=args.since,
         until=args.until,
         from_dir=args.from_dir,
+        from_prefix=args.from_prefix,
         variants=args.variants or (),
         mode="missing" if args.missing else "stale",
         reindex=args.reindex,
     )
-    engine = None if args.from_dir else db.create_engine(with_sqlite_default(configured))
+    engine = None if selection.listed else db.create_engine(with_sqlite_default(configured))
     reporter = None if args.json else ProgressReporter()
     try:
         async with await _connect(configured) as client:
@@ -470,6 +471,11 @@ def _add_rethumb(sub: Subcommands) -> None:
     source.add_argument("--ids", type=_id_range, metavar="A-B", help="image ids A to B (inclusive)")
     source.add_argument(
         "--from-dir", type=Path, metavar="DIR", help="the originals in DIR instead of the database"
+    )
+    source.add_argument(
+        "--from-prefix",
+        metavar="PREFIX",
+        help="the originals under PREFIX (fullsize/...) in the bucket(s) of STORAGE_URL, not the database",
     )
     rethumb.add_argument("--since", type=date.fromisoformat, help="names dated on or after YYYY-MM-DD")
     rethumb.add_argument(

@@ -136,9 +136,17 @@ class FleetClient:
     ) -> Job:
         """Queue ``payload`` for ``spec``; raises :class:`EnqueueError`, never returns silently
         (:class:`PayloadTooLargeError` for a payload no worker would accept). The job expires
-        JOB_EXPIRY_S after it is due."""
+        JOB_EXPIRY_S after it is due.
+
+        Idempotent by ``job_id``: while a job with that id (or its result) is kept, queueing it
+        again queues nothing and returns it. So an enqueue that failed, behind Sentinel perhaps
+        in a failover, is made safe by queueing again with the same id: once it returns, a
+        replica holds the job."""
         data = _checked(spec, payload)
         queue_name = queue_key(self.settings.namespace, spec.queue)
+        # Our own id, not arq's: a transaction that ran but whose reply was lost (Redis restarting)
+        # is retried by redis-py, finds the job there, and still returns it.
+        job_id = job_id or uuid.uuid4().hex
         try:
             job = await self.redis.enqueue_job(
                 spec.name,
@@ -150,18 +158,33 @@ class FleetClient:
             )
         except _REDIS_FAILURES as exc:
             raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
-        if job is None:
-            raise EnqueueError(f"{spec.name}: a job with id {job_id!r} is already queued or running")
-        await self._wake(queue_name)
+        if job is None:  # the id is taken: this job, queued before (perhaps unconfirmed), or its result
+            job = self._job(job_id, queue_name)
+        await self._wake(queue_name, f"{spec.name} {job.job_id}")
         return job
 
-    async def _wake(self, queue_name: str) -> None:
-        """Wake an idle worker of the queue. The job is queued already: if the token cannot be
+    async def _wake(self, queue_name: str, what: str) -> None:
+        """Wake an idle worker of the queue; behind Sentinel, return only once ENQUEUE_REPLICAS
+        replicas hold the job (EnqueueError if not within ENQUEUE_WAIT_S), so no failover loses
+        an enqueue that returned. Otherwise the job is queued already: if the token cannot be
         pushed, it is not lost, only started by the idle workers' next poll (IDLE_POLL_S)."""
+        replicas = self.settings.confirm_replicas
         try:
-            await wake.nudge(self.redis, queue_name)
+            held = await wake.nudge(self.redis, queue_name, replicas, self.settings.enqueue_wait_s)
         except _REDIS_FAILURES as exc:
+            if replicas:
+                raise EnqueueError(
+                    f"{what}: queued, but not confirmed on a replica of {self.where} ({exc}): it may "
+                    "be lost in a failover; queue it again with the same job_id"
+                ) from exc
             log.warning("wake_failed", queue=queue_name, error_type=type(exc).__name__, error=str(exc))
+            return
+        if held < replicas:
+            raise EnqueueError(
+                f"{what}: queued on the primary of {self.where}, but {held} of {replicas} replicas "
+                f"held it after {self.settings.enqueue_wait_s:g} s (ENQUEUE_REPLICAS, ENQUEUE_WAIT_S): "
+                "it may be lost in a failover; queue it again with the same job_id"
+            )
 
     async def enqueue_coalesced(self, spec: JobSpec[P], payload: P) -> Job | None:
         """Queue unless an identical job is already waiting (see :mod:`fleet.coalesce`)."""
@@ -183,6 +206,8 @@ class FleetClient:
             raise EnqueueError(f"could not queue {spec.name} on {self.where}: {exc}") from exc
         if not queued:
             return None
+        if self.settings.confirm_replicas:  # the script pushed its wake token: this one only confirms
+            await self._wake(queue_name, f"{spec.name} {job_id}")
         return self._job(job_id, queue_name)
 
 

@@ -8,14 +8,17 @@ for the current primary, so clients and workers follow a failover by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import Deserializer, Serializer
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from fleet import serializer
 from fleet.settings import SENTINEL_SCHEME, Settings, parse_sentinel_url, split_credentials
@@ -63,7 +66,15 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     out a Redis restart or failover and carry on where they were."""
     rs = redis_settings(settings)
     rs.conn_retries = 30
-    rs.retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=20)
+    if rs.sentinel:
+        # redis-py nests this retry three deep behind Sentinel (the command; asking the sentinels
+        # and connecting; connecting to the address they gave), so it is kept short: 20 tries
+        # would retry the dead primary's address for a minute before asking again. Four give
+        # a fresh answer every ~4 s (the promoted replica soon after a failover) and about
+        # 90 s in all without one.
+        rs.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=4)
+    else:
+        rs.retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=20)
     rs.retry_on_error = [ConnectionError, TimeoutError, ConnectionRefusedError, OSError]
     return rs
 
@@ -72,17 +83,19 @@ def lazy_pool(settings: Settings) -> ArqRedis:
     """A client's pool that connects on first use, not now: an API process starts while
     Redis is down, and each enqueue fails (EnqueueError, 503) until Redis is back."""
     rs = redis_settings(settings)
-    pool = _lazy_sentinel_pool(rs) if rs.sentinel else _lazy_direct_pool(rs)
+    pool = _sentinel_pool(rs, socket_timeout=5) if rs.sentinel else _lazy_direct_pool(rs)
     pool.job_serializer = serializer.serialize
     pool.job_deserializer = serializer.deserialize
     return pool
 
 
-def _lazy_sentinel_pool(rs: RedisSettings) -> ArqRedis:
+def _sentinel_pool(rs: RedisSettings, socket_timeout: float | None) -> ArqRedis:
     """The primary's pool, asking the sentinels for its address on each new connection (so a
-    failover is followed), and only then: creating it contacts no one."""
+    failover is followed), and only then: creating it contacts no one. It keeps ``rs``'s
+    retry policy, which arq's own sentinel pool drops: a worker's command cut off by a
+    failover is sent again, on a new connection to the promoted replica."""
     assert isinstance(rs.host, list)
-    sentinels = Sentinel(rs.host, socket_connect_timeout=rs.conn_timeout, socket_timeout=5)  # type: ignore[no-untyped-call]
+    sentinels = Sentinel(rs.host, socket_connect_timeout=rs.conn_timeout, socket_timeout=socket_timeout)  # type: ignore[no-untyped-call]
     pool = sentinels.master_for(
         rs.sentinel_master,
         redis_class=ArqRedis,
@@ -90,6 +103,10 @@ def _lazy_sentinel_pool(rs: RedisSettings) -> ArqRedis:
         username=rs.username,
         password=rs.password,
         encoding="utf8",
+        retry=rs.retry,
+        retry_on_error=rs.retry_on_error,
+        retry_on_timeout=rs.retry_on_timeout,
+        max_connections=rs.max_connections,
     )
     assert isinstance(pool, ArqRedis)
     return pool
@@ -118,8 +135,36 @@ def _lazy_direct_pool(rs: RedisSettings) -> ArqRedis:
 
 
 async def open_pool(settings: Settings) -> ArqRedis:
-    return await create_pool(
-        redis_settings(settings),
-        job_serializer=serializer.serialize,
-        job_deserializer=serializer.deserialize,
-    )
+    """A client's pool, connected now."""
+    return await connect(redis_settings(settings))
+
+
+async def connect(
+    rs: RedisSettings,
+    *,
+    job_serializer: Serializer | None = serializer.serialize,
+    job_deserializer: Deserializer | None = serializer.deserialize,
+    **arq_options: Any,
+) -> ArqRedis:
+    """arq's ``create_pool`` (connected, tried ``conn_retries`` times), except behind Sentinel,
+    where arq passes its pool only the database and credentials: here the pool keeps the retry
+    policy (a worker's, see :func:`worker_redis_settings`) and the connect timeout."""
+    if not rs.sentinel:
+        return await create_pool(
+            rs, job_serializer=job_serializer, job_deserializer=job_deserializer, **arq_options
+        )
+    pool = _sentinel_pool(rs, socket_timeout=None)  # as arq's: a BLPOP waits as long as it asks
+    pool.job_serializer, pool.job_deserializer = job_serializer, job_deserializer
+    for name, value in arq_options.items():  # default_queue_name, expires_extra_ms
+        setattr(pool, name, value)
+    tries_left = rs.conn_retries
+    while True:
+        try:
+            await pool.ping()
+            return pool
+        except (RedisError, OSError):  # OSError: TimeoutError too
+            if tries_left <= 0:
+                await pool.aclose()
+                raise
+            tries_left -= 1
+            await asyncio.sleep(rs.conn_retry_delay)

@@ -188,6 +188,9 @@ class RenderBatch:
     fingerprint: str = ""
     """The feeder's ``RenderSettings.fingerprint()``: a worker rendering with other settings refuses the
     batch for good instead of skipping its images as current ("": not checked)."""
+    public: list[bool] | None = None
+    """With the board's two buckets (STORAGE_URL=r2://), whether each image is in the public
+    one (its status says, or the bucket it was listed in); None: all in the one storage."""
 
 
 # --- jobs ---------------------------------------------------------------------------------

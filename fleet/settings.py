@@ -60,6 +60,13 @@ class Settings:
     """IQDB server; unset: indexing is switched off. Or the board's IQDB_HOST + IQDB_PORT."""
     namespace: str = "fleet"
     """Prefix of every queue and key fleet writes, so several fleets (or test runs) share a Redis."""
+    enqueue_replicas: int = 1
+    """Behind Sentinel (``redis+sentinel://``): an enqueue returns only once this many replicas
+    hold it (Redis ``WAIT``), so a failover, which promotes the most up-to-date replica, cannot
+    lose it; 0: do not wait (replication is asynchronous). A plain URL never waits."""
+    enqueue_wait_s: float = 1.0
+    """How long an enqueue waits for ENQUEUE_REPLICAS; past it, EnqueueError (queue it again
+    with the same job id: a job already there is not queued twice)."""
 
     # Rendering: the fields of RenderSettings (``render``), with its defaults, and the limits.
     thumb_width: int = _RENDER.thumb_width
@@ -240,6 +247,12 @@ class Settings:
             for name in (f.name.upper(), *BOARD_NAMES.get(f.name, ())):
                 env[name] = text
         return env
+
+    @property
+    def confirm_replicas(self) -> int:
+        """Replicas each enqueue waits for: ENQUEUE_REPLICAS behind Sentinel, else none."""
+        sentinel = (self.redis_url or "").startswith(f"{SENTINEL_SCHEME}:")
+        return self.enqueue_replicas if sentinel else 0
 
     @property
     def render(self) -> RenderSettings:
@@ -473,6 +486,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "review_every_s": _cron_period,
     "review_quorum": _at_least(1),
     "metrics_port": _at_least(0, 65535),
+    "enqueue_wait_s": _at_least(0.01, 4.0),  # under a client's 5 s socket timeout
     "web_port": _at_least(1, 65535),
     "web_host": lambda v: None if v.strip() else "a host name or address, e.g. 127.0.0.1 or 0.0.0.0",
     "log_format": _one_of("auto", "console", "json"),

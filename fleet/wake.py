@@ -16,9 +16,10 @@ import math
 import time
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio.client import Pipeline
 
+from fleet.connections import connect
 from fleet.keys import wake_key
 
 TOKENS_KEPT = 100
@@ -35,11 +36,18 @@ def push(pipe: Pipeline, queue_name: str, jobs: int = 1) -> None:
     pipe.ltrim(key, -TOKENS_KEPT, -1)
 
 
-async def nudge(redis: ArqRedis, queue_name: str) -> None:
-    """Push one token right after an enqueue that could not carry it (arq's ``enqueue_job``)."""
+async def nudge(redis: ArqRedis, queue_name: str, replicas: int = 0, wait_s: float = 1.0) -> int:
+    """Push one token right after an enqueue that could not carry it (arq's ``enqueue_job``).
+
+    With ``replicas``, then wait (Redis ``WAIT``, at most ``wait_s``) until that many replicas
+    hold this push, hence every write before it (the enqueue included: replication keeps
+    the primary's order); returns how many do."""
     async with redis.pipeline(transaction=False) as pipe:
         push(pipe, queue_name)
-        await pipe.execute()
+        if replicas:
+            pipe.wait(replicas, max(1, round(wait_s * 1000)))
+        done = await pipe.execute()
+    return int(done[-1]) if replicas else 0
 
 
 async def next_due_in_s(redis: ArqRedis, queue_name: str) -> float:
@@ -66,7 +74,7 @@ class Waiter:
             return False
         if self._redis is None:
             # No socket timeout on it (arq sets none): the read waits as long as the BLPOP.
-            self._redis = await create_pool(self.redis_settings)
+            self._redis = await connect(self.redis_settings)
         # Redis takes a fractional timeout; redis-py's hint says int.
         token = await self._redis.blpop([self.key], timeout=timeout_s)  # type: ignore[arg-type,misc]
         return token is not None

@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from fleet import coalesce, metrics, serializer, wake
 from fleet.client import FleetClient
-from fleet.connections import worker_redis_settings
+from fleet.connections import connect, worker_redis_settings
 from fleet.deadletters import DeadLetter, DeadLetters
 from fleet.errors import JobError, JobFailedError, RegistryError
 from fleet.failures import Done, Outcome, RetryLater, RetryPolicy, classify, decide, unfinished_tries
@@ -520,6 +520,18 @@ class FleetWorker(Worker):
     _crons_due: tuple[Any, ...] = ()
     _saw_due = False
     """The last poll saw jobs due that ran elsewhere: one may be a killed worker's."""
+
+    async def main(self) -> None:
+        """arq's, on a pool fleet opens: behind Sentinel it keeps the retry policy arq's drops."""
+        if self._pool is None and self.redis_settings is not None:
+            self._pool = await connect(
+                self.redis_settings,
+                job_serializer=self.job_serializer,
+                job_deserializer=self.job_deserializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        await super().main()
 
     async def _poll_iteration(self) -> None:
         """arq's poll, then, when it found the worker idle, a wait for a wake token (see

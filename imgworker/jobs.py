@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -12,18 +13,22 @@ from fleet.errors import EnqueueError, InvalidPayloadError, PermanentError, Tran
 from fleet.failures import backoff_s
 from fleet.keys import render_lost_key
 from fleet.objects import bucket_pair
+from fleet.paths import UnsafePathError
 from fleet.registry import RENDER_BATCH, RENDER_UPLOAD, RenderBatch, RenderUpload
 from fleet.settings import Settings
 from fleet.worker import Context, dead_letter, handles, job_try
 from imgworker.backend import Priority, RenderBackend, RenderLost
 from imgworker.config import render_options
-from imgworker.render import RenderRequest, RenderResult
+from imgworker.render import RenderError, RenderOptions, RenderRequest, RenderResult, current
+from imgworker.render.storage import Where
 
 
 class ImgContext(Context, total=False):
     """An img worker's ``ctx``: the render pool, shared by its two queues (``SharedPool``)."""
 
     backend: RenderBackend
+    storage: Where
+    """Where renders read and write; a bulk batch's skip check lists it from this process."""
     settings_since: float | None
     """When the render settings last changed (``fleet.bulk.settings_since``): a skip check
     counts outputs older than that as stale."""
@@ -141,19 +146,27 @@ async def render_batch(ctx: ImgContext, payload: RenderBatch) -> dict[str, int]:
     crash skips what it finished); failures are per image: a permanent one is dead-lettered
     alone, transient ones go back as a smaller batch with backoff."""
     settings = ctx["settings"]
-    items = list(zip(payload.image_ids, payload.filenames, payload.exts, strict=False))
-    if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts):
-        raise InvalidPayloadError("image_ids, filenames and exts differ in length")
+    public = payload.public if payload.public is not None else [True] * len(payload.image_ids)
+    items = list(zip(payload.image_ids, payload.filenames, payload.exts, public, strict=False))
+    if not len(payload.image_ids) == len(payload.filenames) == len(payload.exts) == len(public):
+        raise InvalidPayloadError("image_ids, filenames, exts and public differ in length")
     run = BulkRun(ctx["redis"], settings.namespace, payload.run_id)
-    unfinished = await run.unfinished([image_id for image_id, _, _ in items])
+    unfinished = await run.unfinished([item[0] for item in items])
     await refuse_other_settings(run, payload, settings, sorted(unfinished))
     todo = [item for item in items if item[0] in unfinished]
     options = render_options(settings, payload.variants, payload.mode, ctx.get("settings_since"))
-    results = await ctx["backend"].render_batch(
-        [RenderRequest(*item) for item in todo], options=options, priority=Priority.BULK
+    requests = [RenderRequest(*item) for item in todo]
+    skipped, options = await skip_current(ctx, requests, options)
+    rendered = iter(
+        await ctx["backend"].render_batch(
+            [r for r, skip in zip(requests, skipped, strict=True) if skip is None],
+            options=options,
+            priority=Priority.BULK,
+        )
     )
+    results = [skip or next(rendered) for skip in skipped]
     counts = dict.fromkeys(("rendered", "skipped", "failed", "retried"), 0)
-    again: list[tuple[int, str, str]] = []
+    again: list[Item] = []
     for item, result in zip(todo, results, strict=True):
         outcome = await settle(ctx, payload, item, result)
         if outcome is None:
@@ -166,6 +179,23 @@ async def render_batch(ctx: ImgContext, payload: RenderBatch) -> dict[str, int]:
     return counts
 
 
+Item = tuple[int, str, str, bool]
+"""A batch's image: (id or listing position, filename, ext, in the public bucket)."""
+
+
+async def skip_current(
+    ctx: ImgContext, requests: list[RenderRequest], options: RenderOptions
+) -> tuple[list[RenderResult | None], RenderOptions]:
+    """The batch's skip check, done once for the batch from listings (see ``current``): the
+    skipped results (None: render it), and the options to render the rest with. If the listing
+    fails, each render looks for itself and reports its own error."""
+    try:
+        found = await asyncio.to_thread(current, ctx["storage"], requests, options)
+    except (RenderError, UnsafePathError):
+        return [None] * len(requests), options
+    return found, dataclasses.replace(options, skip_current_since=None, skip_existing=False)
+
+
 def gives_up(payload: RenderBatch, result: RenderResult, max_tries: int) -> bool:
     """Whether an image's failure is its last: permanent, its process lost a second time, or
     out of tries."""
@@ -176,23 +206,29 @@ def gives_up(payload: RenderBatch, result: RenderResult, max_tries: int) -> bool
     )
 
 
-async def settle(
-    ctx: Context, payload: RenderBatch, item: tuple[int, str, str], result: RenderResult
-) -> str | None:
+async def settle(ctx: Context, payload: RenderBatch, item: Item, result: RenderResult) -> str | None:
     """One image of a batch: the follow-ups of what it produced queued, then its outcome
     (rendered, skipped, or failed once dead-lettered alone); None when it is to be rendered
     again."""
     settings = ctx["settings"]
-    image_id, filename, ext = item
+    image_id, filename, ext, public = item
     last_try = gives_up(payload, result, settings.max_tries)
     # A failed medium leaves the thumbnail; a skip reports what is on disk, so its flags settle too.
     if result.outputs and payload.with_db:
-        await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=last_try)
+        location = r2_location(settings, public) if result.ok and not result.skipped else None
+        await queue_follow_ups(ctx["fleet"], result, payload.reindex, last_try=last_try, r2_location=location)
     if result.ok:
         return "skipped" if result.skipped else "rendered"
     if not last_try:
         return None
-    one = dataclasses.replace(payload, image_ids=[image_id], filenames=[filename], exts=[ext], attempt=1)
+    one = dataclasses.replace(
+        payload,
+        image_ids=[image_id],
+        filenames=[filename],
+        exts=[ext],
+        public=None if payload.public is None else [public],
+        attempt=1,
+    )
     await dead_letter(
         ctx,
         RENDER_BATCH.name,
@@ -204,14 +240,15 @@ async def settle(
     return "failed"
 
 
-async def render_again(ctx: Context, payload: RenderBatch, again: list[tuple[int, str, str]]) -> None:
+async def render_again(ctx: Context, payload: RenderBatch, again: list[Item]) -> None:
     """Queue the images that failed transiently as one smaller batch, after a backoff."""
     settings = ctx["settings"]
     retry = dataclasses.replace(
         payload,
-        image_ids=[i for i, _, _ in again],
-        filenames=[f for _, f, _ in again],
-        exts=[e for _, _, e in again],
+        image_ids=[item[0] for item in again],
+        filenames=[item[1] for item in again],
+        exts=[item[2] for item in again],
+        public=None if payload.public is None else [item[3] for item in again],
         attempt=payload.attempt + 1,
         # Render them whatever is on disk: a medium that failed alone has no file, which
         # the skip check would read as "not needed" next to a current thumbnail.

@@ -55,6 +55,7 @@ class SharedPool:
     def __init__(self, settings: Settings, gpu: Codec | None = None, probed: bool = False) -> None:
         self.settings = settings
         self.backend: ProcessPoolBackend | GpuBackend | None = None
+        self.storage = render_storage(settings)
         self.users = 0
         self._starting = asyncio.Lock()
         self.gpu = gpu
@@ -67,6 +68,7 @@ class SharedPool:
             backend = await self._start()
         self.users += 1
         ctx["backend"] = backend
+        ctx["storage"] = self.storage  # a bulk batch's skip check reads it from this process
         ctx["stats"].pool_size = backend.size  # beaten with the heartbeat
         ctx["settings_since"] = await settings_since(ctx["redis"], self.settings)
 
@@ -74,7 +76,7 @@ class SharedPool:
         settings = self.settings
         if self.backend is None:
             options = render_options(settings)
-            storage = render_storage(settings)
+            storage = self.storage
             if isinstance(storage, Path):  # a bucket has no temp files: each output is one PUT
                 remove_stale_temps(storage, [v.folder for v in options.variants])
             pool = ProcessPoolBackend(

@@ -22,14 +22,20 @@ import yaml
 from fleet.cli import build_parser
 from fleet.keys import queue_key
 from fleet.registry import Queue
-from fleet.settings import Settings, env_names
+from fleet.settings import Settings, env_names, parse_sentinel_url
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.32.0"
 """The schemas validated against: the oldest Kubernetes still supported upstream when written."""
-KUSTOMIZATIONS = ["overlays/board", "overlays/standalone", "rethumb", "overlays/board/rethumb"]
-OVERLAYS = ["overlays/board", "overlays/standalone"]
+KUSTOMIZATIONS = [
+    "overlays/board",
+    "overlays/standalone",
+    "overlays/sentinel",
+    "rethumb",
+    "overlays/board/rethumb",
+]
+OVERLAYS = ["overlays/board", "overlays/standalone", "overlays/sentinel"]
 FLEET_IMAGES = ("fleet-img", "fleet-rating")
 CORE_KINDS = {
     "Deployment",
@@ -226,9 +232,30 @@ def test_keda_scales_on_fleets_real_queue_keys(name: str) -> None:
         settings = settings_of(docs, container)
         cpus = math.ceil(float(container["resources"]["limits"]["cpu"]))
         (trigger,) = doc["spec"]["triggers"]
-        assert trigger["type"] == "redis"
+        assert trigger["type"] == ("redis-sentinel" if name == "overlays/sentinel" else "redis")
         assert trigger["metadata"]["listName"] == queue_key(settings.namespace, queue)
         assert int(trigger["metadata"]["listLength"]) > running_per_replica(settings, cpus)
+
+
+def test_keda_behind_sentinel_asks_the_sentinels_fleet_asks() -> None:
+    """The redis-sentinel triggers find the primary as the workers do: the same sentinels,
+    primary's name and database as the workers' redis+sentinel:// URL; the password comes
+    from the Secret (the URL in the ConfigMap has none)."""
+    docs = RENDERED["overlays/sentinel"]
+    for _, _, container in workers(docs):
+        settings = settings_of(docs, container)
+        assert settings.redis_url and settings.confirm_replicas == 1  # enqueues wait for a replica
+        url = parse_sentinel_url(settings.redis_url)
+        for doc in docs:
+            if doc["kind"] != "ScaledObject":
+                continue
+            metadata = doc["spec"]["triggers"][0]["metadata"]
+            addresses = [a.strip().rpartition(":") for a in metadata["addresses"].split(",")]
+            assert [(host, int(port)) for host, _, port in addresses] == list(url.sentinels)
+            assert metadata["sentinelMaster"] == url.master
+            assert int(metadata["databaseIndex"]) == url.database
+    auth = one(docs, "TriggerAuthentication", "fleet-redis")["spec"]["secretTargetRef"]
+    assert [ref["parameter"] for ref in auth] == ["password"]  # no address: the sentinels say
 
 
 def redis_db(url: str) -> int:

@@ -8,8 +8,11 @@ replaced within seconds and the workers find the new one through the sentinels.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,14 +26,18 @@ import redis
 from arq.jobs import JobResult
 from redis.exceptions import RedisError
 
+from fleet import wake
 from fleet.client import FleetClient
-from fleet.connections import redis_settings
-from fleet.registry import RENDER_UPLOAD, RenderUpload
+from fleet.connections import connect, redis_settings, worker_redis_settings
+from fleet.errors import EnqueueError
+from fleet.keys import queue_key, wake_key
+from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload
 from fleet.services import EmbeddedRedis, find_redis_server, free_port
 from fleet.settings import Settings, SettingsError, masked_url, parse_sentinel_url
 from imgworker.worker import worker_settings
 from tests import images
 from tests.conftest import running_worker
+from tests.test_bulk import counting
 
 MASTER = "mymaster"
 T = TypeVar("T")
@@ -69,16 +76,83 @@ def test_a_bad_sentinel_url_is_refused_with_the_password_masked(url: str, why: s
     assert "s3cret" not in str(refused.value)
 
 
+async def test_an_enqueue_is_idempotent_by_job_id(client: FleetClient, settings: Settings) -> None:
+    """Queueing again under an id already queued (an enqueue that failed unconfirmed, retried)
+    returns that job and queues nothing: what makes retrying an enqueue safe."""
+    job_id = f"upload-{uuid.uuid4().hex}"  # arq's job keys are not namespaced: one of its own
+    first = await client.enqueue(RENDER_UPLOAD, RenderUpload(1, "2025-01-01-1", "png"), job_id=job_id)
+    again = await client.enqueue(RENDER_UPLOAD, RenderUpload(2, "2025-01-01-2", "png"), job_id=job_id)
+    assert again.job_id == first.job_id == job_id
+    assert await client.redis.zcard(queue_key(settings.namespace, Queue.IMG)) == 1
+    info = await again.info()
+    assert info is not None and info.args[0]["image_id"] == 1  # the first payload, kept
+
+
 # --- a real sentinel group ----------------------------------------------------------------------
+
+
+class StallableLink:
+    """A TCP relay in front of the primary: the sentinels know the primary by its address, so
+    every client, worker and replica reaches it through here. Stalled, it holds what the
+    primary sends its replicas (the connections that asked for PSYNC) instead of passing it
+    on, as a congested link would: writes the primary acknowledges then are on no replica,
+    and are gone if it dies (asynchronous replication's window, too short to hit on loopback
+    otherwise). Everything else passes."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.stalled = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                peer, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            try:
+                primary = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the primary is dead: so is its address
+                peer.close()
+                continue
+            replica = threading.Event()  # set once the peer asks for the replication stream
+            threading.Thread(target=self._relay, args=(peer, primary, replica, None), daemon=True).start()
+            threading.Thread(target=self._relay, args=(primary, peer, None, replica), daemon=True).start()
+
+    def _relay(
+        self,
+        source: socket.socket,
+        to: socket.socket,
+        marks: threading.Event | None,
+        held: threading.Event | None,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if marks is not None and b"PSYNC" in data:
+                    marks.set()
+                if held is None or not (held.is_set() and self.stalled.is_set()):
+                    to.sendall(data)
+        for end in (to, source):  # both ends closed (a shutdown wakes the other direction's recv)
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.server.close()
 
 
 @dataclass
 class SentinelGroup:
-    """A primary, its replica and three sentinels watching them, all on loopback."""
+    """A primary, two replicas and three sentinels watching them, all on loopback. Two
+    replicas: after a failover the promoted one still has a replica to confirm enqueues."""
 
     workdir: Path
     primary: EmbeddedRedis = field(init=False)
-    replica: EmbeddedRedis = field(init=False)
+    link: StallableLink = field(init=False)
+    """What the primary sends its replicas passes through here."""
+    replicas: list[EmbeddedRedis] = field(default_factory=list)
     sentinel_ports: list[int] = field(default_factory=list)
     sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -88,10 +162,13 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         self.primary = EmbeddedRedis().start()
-        self.replica = EmbeddedRedis(extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)]).start()
+        self.link = StallableLink(self.primary.port)
+        for _ in range(2):
+            follow = ["--replicaof", "127.0.0.1", str(self.link.port)]
+            self.replicas.append(EmbeddedRedis(extra_args=follow).start())
         for i in range(3):
             self.sentinels.append(self._start_sentinel(i))
-        wait_for(self._watched, 30, "the sentinels to see the replica and each other")
+        wait_for(self._watched, 30, "the sentinels to see the replicas and each other")
         return self
 
     def _start_sentinel(self, i: int) -> subprocess.Popen[bytes]:
@@ -102,7 +179,7 @@ class SentinelGroup:
         conf = home / "sentinel.conf"  # sentinel rewrites its config: it must be a writable file
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {home}\ndaemonize no\nloglevel warning\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary.port} 2\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {self.link.port} 2\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
             f"sentinel failover-timeout {MASTER} 3000\n"
         )
@@ -117,18 +194,20 @@ class SentinelGroup:
             return conn.execute_command(*command)
 
     def _watched(self) -> bool:
-        """Every sentinel knows the replica and the two other sentinels (so a failover can be
-        agreed), and the replica is in sync with the primary."""
+        """Every sentinel knows both replicas and the two other sentinels (so a failover can be
+        agreed), and the replicas are in sync with the primary."""
         try:
-            link = self._ask(self.replica.port, "INFO", "replication")["master_link_status"]
+            for replica in self.replicas:
+                if self._ask(replica.port, "INFO", "replication")["master_link_status"] != "up":
+                    return False
             for port in self.sentinel_ports:
                 with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as conn:
                     master = conn.sentinel_master(MASTER)
-                if int(master["num-other-sentinels"]) < 2 or int(master["num-slaves"]) < 1:
+                if int(master["num-other-sentinels"]) < 2 or int(master["num-slaves"]) < 2:
                     return False
         except (RedisError, KeyError):
             return False
-        return bool(link == "up")
+        return True
 
     def primary_port(self) -> int | None:
         """The primary the sentinels name now (None while none answers)."""
@@ -146,8 +225,10 @@ class SentinelGroup:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.primary.stop()
+        self.link.close()
 
 
 @pytest.fixture
@@ -185,9 +266,15 @@ async def through_failover(call: Callable[[], Awaitable[T]], timeout_s: float = 
 BATCH = 24
 
 
-async def test_a_failover_mid_batch_loses_no_job_and_the_worker_follows_the_new_primary(
+async def test_a_failover_mid_batch_loses_no_acknowledged_job_and_each_ends_once_correct(
     sentinel_group: SentinelGroup, storage: Path, tmp_path: Path
 ) -> None:
+    """The primary SIGKILLed mid-batch, while jobs are being queued and its replicas get
+    nothing (the link to them stalled): every enqueue that returned is on the promoted replica
+    (ENQUEUE_REPLICAS=1: each waits for a replica to hold it, and one that fails is queued
+    again under the same id); every job ends with one successful result, its outputs the
+    bytes of a clean run; a worker's command cut off by the failover goes through on the
+    promoted replica."""
     settings = Settings(
         redis_url=sentinel_group.url(),
         storage_path=storage,
@@ -203,54 +290,77 @@ async def test_a_failover_mid_batch_loses_no_job_and_the_worker_follows_the_new_
         images.jpeg(storage, f"s{i}.jpg", 1500 if i % 4 == 0 else 900, 1100 if i % 4 == 0 else 700)
         for i in range(BATCH)
     ]
-    job_ids = [f"sentinel-render-{i}" for i in range(BATCH)]
+    uploads = [
+        (f"sentinel-render-{i}", RenderUpload(image_id=i, filename=f, ext=e))
+        for i, (f, e) in enumerate(names)
+    ]
+    renders: collections.Counter[int] = collections.Counter()
     lazy = FleetClient.create(settings)  # the API's client: a lazy sentinel pool
-    async with await FleetClient.connect(settings) as client, running_worker(worker_settings(settings)):
-        for i, (name, job_id) in enumerate(zip(names, job_ids, strict=True)):
-            await lazy.enqueue(
-                RENDER_UPLOAD, RenderUpload(image_id=i, filename=name[0], ext=name[1]), job_id=job_id
-            )
+    async with (
+        await FleetClient.connect(settings) as client,
+        running_worker(counting(worker_settings(settings), renders)),
+    ):
+        first = BATCH // 2
+        assert await queue_until_held(lazy, uploads[:first]) == 0
         wait_ready = time.monotonic() + 120
         while len(list((storage / "thumbs").glob("*.webp"))) < 4:
             assert time.monotonic() < wait_ready, "no render finished before the failover"
             await asyncio.sleep(0.02)
-        old_port = sentinel_group.primary.port
+        worker_pool = await connect(worker_redis_settings(settings))  # a worker's connections
+        old_port = sentinel_group.link.port  # the primary's address, as the sentinels give it
+        sentinel_group.link.stalled.set()  # the replicas get nothing more...
+        queueing = asyncio.create_task(queue_until_held(lazy, uploads[first:]))
+        await asyncio.sleep(0.3)  # ...of what the primary acknowledges meanwhile
         killed_at = time.monotonic()
         sentinel_group.primary.kill()  # SIGKILL, mid-batch
         done_before = len(list((storage / "thumbs").glob("*.webp")))
+        queue = queue_key(settings.namespace, Queue.IMG)
+        await wake.nudge(worker_pool, queue)  # a worker's write cut off by the failover: retried, not raised
         await asyncio.to_thread(
-            wait_for, lambda: sentinel_group.primary_port() == sentinel_group.replica.port, 60, "a promotion"
+            wait_for, lambda: sentinel_group.primary_port() not in (None, old_port), 60, "a promotion"
         )
         promoted_s = time.monotonic() - killed_at
-        assert sentinel_group.primary_port() != old_port
-
-        re_enqueued = await requeue_lost(lazy, names, job_ids)
-        results = [await wait_result(client, job_id) for job_id in job_ids]
+        failed_enqueues = await queueing
+        assert await worker_pool.llen(wake_key(queue)) >= 1  # on the promoted replica
+        await worker_pool.aclose()
+        unknown = [j for j, _ in uploads if (await through_failover(job_status(client, j))) == "not_found"]
+        assert unknown == [], f"acknowledged, then lost in the failover: {unknown}"
+        results = [await wait_result(client, job_id) for job_id, _ in uploads]
         await lazy.close()
     assert all(r.success and r.result["ok"] is True for r in results), [r.result for r in results]
     assert done_before < BATCH, "the batch was over before the primary was killed"
-    retried = sum(1 for r in results if r.job_try > 1)
+    twice = sorted(image_id for image_id, n in renders.items() if n > 1)
     print(
         f"\nfailover: {done_before}/{BATCH} rendered at SIGKILL; promotion {promoted_s:.1f} s after it; "
-        f"{retried}/{BATCH} jobs ran again "
-        f"(job_try > 1); {re_enqueued} lost in replication and queued again"
+        f"{failed_enqueues} enqueues failed (unconfirmed) and were queued again under their id; "
+        f"{len(twice)}/{BATCH} jobs ran twice (their start or finish was cut off), none lost"
     )
     outputs = decoded_outputs(storage, names)
     assert await rendered_again(settings, names) == outputs, "a render run twice gave other bytes"
 
 
-async def requeue_lost(client: FleetClient, names: list[tuple[str, str]], job_ids: list[str]) -> int:
-    """Queue again, under the same id, every job the new primary never heard of (acknowledged
-    by the old one but not yet replicated): the client's side of asynchronous replication."""
-    lost = 0
-    for i, ((filename, ext), job_id) in enumerate(zip(names, job_ids, strict=True)):
-        job = await through_failover(lambda j=job_id: client.job(j))
-        status = await through_failover(job.status)
-        if status.value == "not_found":
-            lost += 1
-            payload = RenderUpload(image_id=i, filename=filename, ext=ext)
-            await through_failover(lambda p=payload, j=job_id: client.enqueue(RENDER_UPLOAD, p, job_id=j))
-    return lost
+async def queue_until_held(client: FleetClient, uploads: list[tuple[str, RenderUpload]]) -> int:
+    """Queue each upload under its id until the enqueue returns (a replica holds it), again
+    after each EnqueueError: what an API does that must not lose one. Returns the failures."""
+    failures = 0
+    deadline = time.monotonic() + 90
+    for job_id, upload in uploads:
+        while True:
+            try:
+                await client.enqueue(RENDER_UPLOAD, upload, job_id=job_id)
+                break
+            except EnqueueError:
+                failures += 1
+                assert time.monotonic() < deadline, f"{job_id} could not be queued"
+                await asyncio.sleep(0.1)
+    return failures
+
+
+def job_status(client: FleetClient, job_id: str) -> Callable[[], Awaitable[str]]:
+    async def status() -> str:
+        return str((await (await client.job(job_id)).status()).value)
+
+    return status
 
 
 async def wait_result(client: FleetClient, job_id: str, timeout_s: float = 180) -> JobResult:

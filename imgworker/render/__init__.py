@@ -2,7 +2,7 @@
 
 from imgworker.render.errors import RenderError
 from imgworker.render.options import Output, RenderOptions, RenderRequest, RenderResult, Variant, options_of
-from imgworker.render.pipeline import render
+from imgworker.render.pipeline import current, render
 
 __all__ = [
     "Output",
@@ -11,6 +11,7 @@ __all__ = [
     "RenderRequest",
     "RenderResult",
     "Variant",
+    "current",
     "options_of",
     "render",
 ]

@@ -126,7 +126,8 @@ class Output:
     height: int = 0
     bytes: int = 0
     changed: bool = True
-    """False when the file already held exactly these bytes (it was not rewritten)."""
+    """False when the file already held exactly these bytes (not rewritten). Found out for the
+    IQDB JPEG and in a folder; other outputs in a bucket report True (a HEAD each to know)."""
     error: str | None = None
     """Why this medium or large could not be made (the thumbnail does not depend on it); its
     status is then NONE when retrying cannot help (the board serves the original) and PENDING

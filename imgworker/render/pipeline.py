@@ -9,17 +9,21 @@ instead of decoding the original three times.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyvips
 
-from fleet.board import VariantStatus
+from fleet.board import Folder, VariantStatus
 from fleet.paths import UnsafePathError
 from imgworker.render import steps, storage
 from imgworker.render.errors import RenderError, TooMuchMemoryError, UnsupportedImageError
 from imgworker.render.options import Output, RenderOptions, RenderRequest, RenderResult, Variant
-from imgworker.render.storage import Store, Where
+from imgworker.render.storage import Listed, Name, Store, Where
+
+COMPARED = frozenset({"iqdb"})
+"""Variants whose ``changed`` is found out, not assumed: the light worker re-indexes IQDB only
+when its JPEG changed. Nothing reads the others', and in a bucket each costs a HEAD."""
 
 
 def render(where: Where, request: RenderRequest, options: RenderOptions) -> RenderResult:
@@ -139,11 +143,18 @@ def wanted_variants(options: RenderOptions, width: int, height: int) -> list[Var
 def settle_unwanted(
     root: Store, request: RenderRequest, wanted: list[Variant], modified: float, options: RenderOptions
 ) -> dict[str, Output]:
-    """Before any decode: raise :class:`AlreadyCurrent` when the wanted outputs are current,
-    else drop the variants not wanted (their stale files removed) and return those."""
-    if _current(root, request, wanted, modified, options):
-        raise AlreadyCurrent(_on_disk(root, request, wanted, options))
-    return {v.name: _drop(root, v, request) for v in options.variants if v not in wanted}
+    """Before any decode: raise :class:`AlreadyCurrent` when the outputs are current (the rule
+    of :func:`current`, for one original already read, modified at ``modified``), else drop the
+    variants not wanted (their stale files removed, in one request to a bucket) and return those."""
+    if options.skip_current_since is not None or options.skip_existing:
+        outputs = {
+            v.name: root.listed(v.folder, [(request.filename, v.ext(request.ext))]) for v in options.variants
+        }
+        original = {(request.filename, request.ext): Listed(0, modified)}
+        found = _current(request, original, outputs, options)
+        if found is not None:
+            raise AlreadyCurrent(_on_disk(request, found, options))
+    return _drop(root, [v for v in options.variants if v not in wanted], request)
 
 
 class AlreadyCurrent(Exception):
@@ -152,40 +163,89 @@ class AlreadyCurrent(Exception):
         self.outputs = outputs
 
 
-def _on_disk(
-    root: Store, request: RenderRequest, wanted: list[Variant], options: RenderOptions
-) -> dict[str, Output]:
-    """A skipped original's outputs as they are on disk, unchanged (nothing is encoded): the
+def current(
+    where: Where, requests: Sequence[RenderRequest], options: RenderOptions
+) -> list[RenderResult | None]:
+    """A bulk run's cheap skip, before anything is read: for each request, a skipped result
+    when every output it needs exists (and, unless only existence counts, is newer than both
+    its original and the current settings), or None: render it.
+
+    Only names, sizes and times are looked at: one listing per folder of each bucket (a stat
+    per file in a folder), however many requests. Without the original's header, a medium or
+    large counts as needed when it exists (then it must be current) and as NONE when it does
+    not, as a render of current settings leaves them."""
+    if options.skip_current_since is None and not options.skip_existing:
+        return [None] * len(requests)
+    started = time.perf_counter()
+    results: list[RenderResult | None] = [None] * len(requests)
+    by_store: dict[bool, list[int]] = {}  # the board's two buckets: private ones apart
+    for index, request in enumerate(requests):
+        by_store.setdefault(isinstance(where, storage.StatusBuckets) and not request.public, []).append(index)
+    for indexes in by_store.values():
+        chosen = [requests[i] for i in indexes]
+        root = storage.store_for(where, chosen[0].public)
+        originals = (
+            {}
+            if options.skip_existing
+            else root.listed(Folder.ORIGINALS, [(r.filename, r.ext) for r in chosen])
+        )
+        outputs = {
+            v.name: root.listed(v.folder, [(r.filename, v.ext(r.ext)) for r in chosen])
+            for v in options.variants
+        }
+        for index, request in zip(indexes, chosen, strict=True):
+            found = _current(request, originals, outputs, options)
+            if found is not None:
+                results[index] = RenderResult(
+                    request.image_id, request.file, True, _on_disk(request, found, options), skipped=True
+                )
+    seconds = (time.perf_counter() - started) / len(requests) if requests else 0.0
+    for result in results:
+        if result is not None:
+            result.seconds = seconds
+    return results
+
+
+def _current(
+    request: RenderRequest,
+    originals: dict[Name, Listed],
+    outputs: dict[str, dict[Name, Listed]],
+    options: RenderOptions,
+) -> dict[str, Listed] | None:
+    """The outputs found for ``request`` when they are all current (see :func:`current`), else None."""
+    since = 0.0
+    if not options.skip_existing:
+        original = originals.get((request.filename, request.ext))
+        if original is None:  # rendering it says what is wrong
+            return None
+        since = max(original.modified, options.skip_current_since or 0.0)
+    found: dict[str, Listed] = {}
+    for variant in options.variants:
+        listed = outputs[variant.name].get((request.filename, variant.ext(request.ext)))
+        if listed is None:
+            if variant.always:
+                return None
+            continue  # a medium/large that was NONE (not smaller than the original) has no file
+        if listed.modified < since or not listed.size:
+            return None
+        found[variant.name] = listed
+    return found
+
+
+def _on_disk(request: RenderRequest, found: dict[str, Listed], options: RenderOptions) -> dict[str, Output]:
+    """A skipped original's outputs as they are stored, unchanged (nothing is encoded): the
     board's flags are still settled from them (a file there is READY, none is NONE), and IQDB
     is only told by the reindex rule, since the thumbnail's bytes did not change."""
     outputs: dict[str, Output] = {}
     for variant in options.variants:
-        name = f"{request.filename}.{variant.ext(request.ext)}"
-        if variant in wanted and root.modified(variant.folder, request.filename, variant.ext(request.ext)):
-            relative = f"{variant.folder}/{name}"
-            outputs[variant.name] = Output(variant.name, VariantStatus.READY, relative, changed=False)
+        if variant.name in found:
+            relative = f"{variant.folder}/{request.filename}.{variant.ext(request.ext)}"
+            outputs[variant.name] = Output(
+                variant.name, VariantStatus.READY, relative, bytes=found[variant.name].size, changed=False
+            )
         else:
             outputs[variant.name] = Output(variant.name, VariantStatus.NONE)
     return outputs
-
-
-def _current(
-    root: Store, request: RenderRequest, wanted: list[Variant], original_mtime: float, options: RenderOptions
-) -> bool:
-    """Whether every wanted output exists (and, unless only existence counts, is newer than
-    both the original and the current settings). Costs a few stat calls."""
-    if options.skip_current_since is None and not options.skip_existing:
-        return False
-    since = 0.0 if options.skip_existing else max(original_mtime, options.skip_current_since or 0.0)
-    for variant in wanted:
-        mtime = root.modified(variant.folder, request.filename, variant.ext(request.ext))
-        if mtime is None:
-            if variant.always:
-                return False
-            continue  # a medium/large that was NONE (not smaller than the original) has no file
-        if mtime < since:
-            return False
-    return True
 
 
 def _write_variant(
@@ -211,10 +271,10 @@ def store_encoded(
 ) -> Output:
     """Write one encoded variant (atomically), or drop it when it is not smaller than the
     original: the one place either backend stores an output."""
-    if not variant.always and len(data) >= original_bytes:
-        return _drop(root, variant, request)  # no smaller than the original: serve the original
+    if not variant.always and len(data) >= original_bytes:  # no smaller: serve the original
+        return _drop(root, [variant], request)[variant.name]
     ext = variant.ext(request.ext)
-    changed = root.put(variant.folder, request.filename, ext, data)
+    changed = root.put(variant.folder, request.filename, ext, data, compare=variant.name in COMPARED)
     return Output(
         variant.name,
         VariantStatus.READY,
@@ -251,9 +311,9 @@ def fail_alone(variant: Variant, write: Callable[[], Output]) -> Output:
     )
 
 
-def _drop(root: Store, variant: Variant, request: RenderRequest) -> Output:
-    """Variant NONE: also remove a stale file a previous render (other settings) may have left.
-    No folder is made for that, so a broken ``large/`` cannot fail the thumbnail of a small image."""
-    if variant.format is None:
-        root.remove(variant.folder, request.filename, request.ext)
-    return Output(variant.name, VariantStatus.NONE)
+def _drop(root: Store, variants: list[Variant], request: RenderRequest) -> dict[str, Output]:
+    """Variants NONE: also remove stale files a previous render (other settings) may have left,
+    all in one call (one request to a bucket). No folder is made for that, so a broken
+    ``large/`` cannot fail the thumbnail of a small image."""
+    root.remove(request.filename, [(v.folder, request.ext) for v in variants if v.format is None])
+    return {v.name: Output(v.name, VariantStatus.NONE) for v in variants}

@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,22 +101,38 @@ class Original:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A file's or object's size and time, as a directory read or a bucket listing gives them:
+    enough to tell whether an output is current without reading it (or its original)."""
+
+    size: int
+    modified: float
+    """Seconds since the epoch (a bucket's own clock, to the second on S3 and R2)."""
+
+
+Name = tuple[str, str]
+"""A stored name: (filename, ext)."""
+
+
 class Store(Protocol):
     """Where a render reads its original and writes its outputs. Keys are ``{folder}/{name}``,
     the board's layout on disk and in R2 alike."""
 
     def original(self, filename: str, ext: str) -> Original: ...
 
-    def modified(self, folder: str, filename: str, ext: str) -> float | None:
-        """When the output was last written; None when there is none."""
+    def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
+        """Those of ``folder/{filename}.{ext}`` that exist, with size and time; a name that is
+        not a safe stored name counts as absent (rendering it reports why)."""
         ...
 
-    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
-        """Store an output whole (never visible half-written); False when it held ``data`` already."""
+    def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
+        """Store an output whole (never visible half-written); False when it held ``data``
+        already. A bucket finds that out only when asked to ``compare`` (it costs a request)."""
         ...
 
-    def remove(self, folder: str, filename: str, ext: str) -> None:
-        """Remove an output, if there is one."""
+    def remove(self, filename: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """Remove ``filename``'s ``outputs`` (folder, ext), those there are: a bucket in one request."""
         ...
 
 
@@ -130,19 +147,23 @@ class LocalStore:
         stat = path.stat()
         return Original(path, stat.st_mtime, stat.st_size)
 
-    def modified(self, folder: str, filename: str, ext: str) -> float | None:
-        path = output_path(self.root, folder, filename, ext, create=False)
-        try:
-            return path.stat().st_mtime
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
+        """One stat per name."""
+        found: dict[Name, Listed] = {}
+        for filename, ext in names:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, UnsafePathError):
+                stat = output_path(self.root, folder, filename, ext, create=False).stat()
+                found[(filename, ext)] = Listed(stat.st_size, stat.st_mtime)
+        return found
 
-    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
+    def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
+        """Always compared: reading a local file back costs no request."""
         return atomic_write(output_path(self.root, folder, filename, ext), data)
 
-    def remove(self, folder: str, filename: str, ext: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            output_path(self.root, folder, filename, ext, create=False).unlink()
+    def remove(self, filename: str, outputs: Sequence[tuple[str, str]]) -> None:
+        for folder, ext in outputs:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                output_path(self.root, folder, filename, ext, create=False).unlink()
 
 
 def as_store(where: Path | Store) -> Store:
@@ -196,48 +217,69 @@ class ObjectStore:
             raise self._error("read", key, exc) from exc
         return Original(data, result.meta["last_modified"].timestamp(), len(data))
 
-    def modified(self, folder: str, filename: str, ext: str) -> float | None:
+    def listed(self, folder: str, names: Sequence[Name]) -> dict[Name, Listed]:
+        """One listing of the key range the names span (a request per 1,000 keys in it), not a
+        HEAD per object. Names of one bulk batch are near each other in key order: a folder
+        listing's are consecutive, the board's ``{date}-{id}`` names of nearby ids share a date."""
         import obstore
 
-        key = self.key(folder, filename, ext)
-        try:
-            meta = obstore.head(self.client, key)
-        except FileNotFoundError as exc:
-            if NO_BUCKET in str(exc):
-                raise self._error("look up", key, exc) from exc
-            return None
+        wanted: dict[str, Name] = {}
+        for filename, ext in names:
+            with contextlib.suppress(UnsafePathError):
+                wanted[self.key(folder, filename, ext)] = (filename, ext)
+        found: dict[Name, Listed] = {}
+        if not wanted:
+            return found
+        first, last = min(wanted), max(wanted)
+        try:  # listed after ``offset``: a key one character shorter comes just before the first
+            for page in obstore.list(self.client, folder, offset=first[:-1], chunk_size=1000):
+                for meta in page:
+                    if meta["path"] > last:
+                        return found
+                    if (name := wanted.get(meta["path"])) is not None:
+                        found[name] = Listed(int(meta["size"]), meta["last_modified"].timestamp())
         except Exception as exc:
-            raise self._error("look up", key, exc) from exc
-        return float(meta["last_modified"].timestamp())
+            raise self._error("list", f"{folder}/", exc) from exc
+        return found
 
-    def put(self, folder: str, filename: str, ext: str, data: bytes) -> bool:
-        """One PUT. An object already holding ``data`` (its ETag is the MD5 of a single PUT's
-        body) is still written, so its time says it is current, but reported unchanged."""
+    def put(self, folder: str, filename: str, ext: str, data: bytes, *, compare: bool = False) -> bool:
+        """One PUT (and, to ``compare``, a HEAD before it). An object already holding ``data``
+        (its ETag is the MD5 of a single PUT's body) is still written, so its time says it is
+        current, but reported unchanged. Without ``compare`` it is reported changed."""
         import obstore
 
         key = self.key(folder, filename, ext)
         try:
-            try:
-                etag = obstore.head(self.client, key).get("e_tag") or ""
-            except FileNotFoundError as exc:
-                if NO_BUCKET in str(exc):
-                    raise
-                etag = ""
+            etag = self._etag(key) if compare else ""
             obstore.put(self.client, key, data, use_multipart=False)
         except Exception as exc:
             raise self._error("write", key, exc) from exc
         return etag.strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-    def remove(self, folder: str, filename: str, ext: str) -> None:
+    def _etag(self, key: str) -> str:
+        """The object's ETag; "" when there is none."""
         import obstore
 
-        key = self.key(folder, filename, ext)
         try:
-            obstore.delete(self.client, key)
+            return str(obstore.head(self.client, key).get("e_tag") or "")
+        except FileNotFoundError as exc:
+            if NO_BUCKET in str(exc):
+                raise
+            return ""
+
+    def remove(self, filename: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """One DeleteObjects request for them all (a key that is not there is no error)."""
+        import obstore
+
+        paths = [self.key(folder, filename, ext) for folder, ext in outputs]
+        if not paths:
+            return
+        try:
+            obstore.delete(self.client, paths)
         except FileNotFoundError:
             return
         except Exception as exc:
-            raise self._error("remove", key, exc) from exc
+            raise self._error("remove", ", ".join(paths), exc) from exc
 
     def _error(self, doing: str, key: str, exc: Exception) -> RenderError:
         """Refused credentials or access, or a bucket that does not exist, fail for good with one
