@@ -85,24 +85,6 @@ def effort_table(
     return {"thumbnails": len(thumbs), "quality": 75, "rows": rows}
 
 
-def effort_markdown(table: dict[str, Any] | None) -> list[str]:
-    if not table:
-        return []
-    lines = [
-        "",
-        f"WebP thumbnail encode by THUMB_EFFORT ({table['thumbnails']} thumbnails of the corpus, "
-        f"500 px, Q{table['quality']}, one thread):",
-        "",
-        "| effort | CPU ms per thumbnail | bytes | bytes vs 4 | time vs 4 |",
-        "|---|---|---|---|---|",
-    ]
-    for r in table["rows"]:
-        lines.append(
-            f"| {r['effort']} | {r['ms_per_thumb']} | {r['bytes']} | {r['bytes_vs_4']} | {r['time_vs_4']} |"
-        )
-    return lines
-
-
 # --- the GPU benchmark ---------------------------------------------------------------------------
 
 ORIGINALS = {"quick": 24, "full": 96}

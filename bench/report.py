@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.floors import FLOORS, TARGETS
-from bench.gpu import effort_markdown
 
 
 def headline(results: dict[str, Any]) -> dict[str, float]:
@@ -89,7 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
             d = data[kind]
             lines.append(f"| {label}, {kind.replace('_', ' ')} | {d['p50']} | {d['p95']} | {d['p99']} |")
     tables = _per_kind(upload) + _thumb_profile(lim) + _memory(results.get("memory"))
-    tables += effort_markdown(results.get("thumb_effort"))
+    tables += _effort(results.get("thumb_effort"))
     return "\n".join(lines + tables + _wakeup(results.get("wakeup"))) + "\n"
 
 
@@ -112,22 +112,40 @@ def _s3(s3: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table, after a blank line."""
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
 def _wakeup(rows: list[dict[str, Any]] | None) -> list[str]:
     """One img replica (two queues), idle and woken: polling every POLL_DELAY_S against waiting
     for a wake token (WAKE_ON_ENQUEUE)."""
     if not rows:
         return []
-    lines = [
-        "",
-        "| img replica (no-op jobs) | idle commands/s | without heartbeat | enqueue→start p50 / p99 ms |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['mode']} | {r['idle_commands_per_s']} | {r['idle_commands_per_s_without_heartbeat']} | "
-            f"{r['enqueue_to_start_ms_p50']} / {r['enqueue_to_start_ms_p99']} |"
-        )
-    return lines
+    header = ["img replica (no-op jobs)", "idle commands/s", "without heartbeat"]
+    header.append("enqueue→start p50 / p99 ms")
+    return _table(
+        header,
+        (
+            (r["mode"], r["idle_commands_per_s"], r["idle_commands_per_s_without_heartbeat"],
+             f"{r['enqueue_to_start_ms_p50']} / {r['enqueue_to_start_ms_p99']}")
+            for r in rows
+        ),
+    )  # fmt: skip
+
+
+def _effort(table: dict[str, Any] | None) -> list[str]:
+    """The thumbnail's WebP encode by THUMB_EFFORT: bytes against CPU time."""
+    if not table:
+        return []
+    title = (
+        f"WebP thumbnail encode by THUMB_EFFORT ({table['thumbnails']} thumbnails of the corpus, "
+        f"500 px, Q{table['quality']}, one thread):"
+    )
+    header = ["effort", "CPU ms per thumbnail", "bytes", "bytes vs 4", "time vs 4"]
+    keys = ["effort", "ms_per_thumb", "bytes", "bytes_vs_4", "time_vs_4"]
+    return ["", title, *_table(header, ([r[k] for k in keys] for r in table["rows"]))]
 
 
 def _memory(memory: dict[str, Any] | None) -> list[str]:
@@ -138,12 +156,8 @@ def _memory(memory: dict[str, Any] | None) -> list[str]:
         "",
         f"Peak RSS of a render process per kind (MB; under RENDER_MEMORY_MB={memory['memory_limit_mb']}): "
         f"RSS {memory['peak_rss_mb']}, address space {memory['peak_address_space_mb']}.",
-        "",
-        "| " + " | ".join(memory["rss_mb_by_kind"]) + " |",
-        "|" + "---|" * len(memory["rss_mb_by_kind"]),
-        "| " + " | ".join(str(v) for v in memory["rss_mb_by_kind"].values()) + " |",
     ]
-    return lines
+    return lines + _table(list(memory["rss_mb_by_kind"]), [list(memory["rss_mb_by_kind"].values())])
 
 
 def _per_kind(upload: dict[str, Any]) -> list[str]:

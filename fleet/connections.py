@@ -99,10 +99,7 @@ def _sentinel_pool(rs: RedisSettings, socket_timeout: float | None) -> ArqRedis:
     pool = sentinels.master_for(
         rs.sentinel_master,
         redis_class=ArqRedis,
-        db=rs.database,
-        username=rs.username,
-        password=rs.password,
-        encoding="utf8",
+        **_database_and_credentials(rs),
         retry=rs.retry,
         retry_on_error=rs.retry_on_error,
         retry_on_timeout=rs.retry_on_timeout,
@@ -112,26 +109,34 @@ def _sentinel_pool(rs: RedisSettings, socket_timeout: float | None) -> ArqRedis:
     return pool
 
 
+_TLS = (
+    "ssl",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_check_hostname",
+)
+"""RedisSettings' TLS fields, passed to redis-py under the same names."""
+
+
 def _lazy_direct_pool(rs: RedisSettings) -> ArqRedis:
     assert isinstance(rs.host, str)
     return ArqRedis(
         host=rs.host,
         port=rs.port,
         unix_socket_path=rs.unix_socket_path,
-        db=rs.database,
-        username=rs.username,
-        password=rs.password,
         socket_connect_timeout=rs.conn_timeout,
         socket_timeout=5,
-        ssl=rs.ssl,
-        ssl_keyfile=rs.ssl_keyfile,
-        ssl_certfile=rs.ssl_certfile,
-        ssl_cert_reqs=rs.ssl_cert_reqs,
-        ssl_ca_certs=rs.ssl_ca_certs,
-        ssl_ca_data=rs.ssl_ca_data,
-        ssl_check_hostname=rs.ssl_check_hostname,
-        encoding="utf8",
+        **_database_and_credentials(rs),
+        **{name: getattr(rs, name) for name in _TLS},
     )
+
+
+def _database_and_credentials(rs: RedisSettings) -> dict[str, Any]:
+    """What every pool of ours passes redis-py, whichever way it finds the server."""
+    return {"db": rs.database, "username": rs.username, "password": rs.password, "encoding": "utf8"}
 
 
 async def open_pool(settings: Settings) -> ArqRedis:
