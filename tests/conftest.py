@@ -21,9 +21,7 @@ import redis
 from fleet.client import FleetClient
 from fleet.services import EmbeddedRedis
 from fleet.settings import Settings
-from tests.support import BOARD_SCHEMAS, board_database, running_worker, sqlite_board, unavailable
-
-__all__ = ["running_worker"]  # test_s3.py and test_sentinel.py import it from here until converted
+from tests.support import BOARD_SCHEMAS, board_database, sqlite_board, unavailable
 
 
 @pytest.fixture(scope="session")

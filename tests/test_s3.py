@@ -22,6 +22,7 @@ import obstore
 import pytest
 import pyvips
 
+from bench.iqdb_server import IqdbServer, fake_hash
 from bench.s3 import MotoServer, moto_server, new_bucket
 from fleet import health
 from fleet.bulk import BulkRun, Selection, rethumb
@@ -41,8 +42,7 @@ from imgworker.worker import worker_settings as img_worker_settings
 from ratingworker.worker import db_worker_settings, iqdb_worker_settings
 from tests import images
 from tests.board import add_images, row
-from tests.conftest import running_worker
-from tests.iqdb_server import IqdbServer, fake_hash
+from tests.support import running_worker, wait_for
 from tests.test_bulk import counting
 
 
@@ -180,13 +180,6 @@ def test_a_bucket_server_that_is_down_is_a_transient_failure(settings: Settings)
     assert "127.0.0.1" in (result.error or "")
 
 
-async def wait_for(predicate: Any, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 def sixteen_originals(bucket: ObjectStore, tmp_path: Path, prefix: str) -> list[tuple[str, str]]:
     """Big enough for every variant, slow enough to render that a worker is caught holding jobs."""
     return [
@@ -225,7 +218,7 @@ async def kill_once_busy(
         [info] = await health.beats(client.redis, client.settings, queue, [replica])
         return any(key.startswith("thumbs/") for key in keys(bucket)) and info.get("running", 0) > 0
 
-    await wait_for(busy_after_a_render)
+    await wait_for(busy_after_a_render, what="the victim holding jobs after a render", timeout=120)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
@@ -350,7 +343,7 @@ async def test_the_iqdb_worker_reads_the_jpeg_the_img_worker_put_in_the_bucket(
             async def hash_stored() -> bool:
                 return (await row(engine, images_table, image_id=1))["iqdb_hash"] is not None
 
-            await wait_for(hash_stored, 60)
+            await wait_for(hash_stored, what="the IQDB hash stored", timeout=60)
         posted = [r.file for r in iqdb.state.requests if r.method == "POST"]
     jpeg = read(bucket, f"iqdb/{filename}.jpg")
     assert posted == [jpeg]
@@ -420,7 +413,7 @@ async def test_the_boards_two_buckets_each_image_in_the_one_its_status_chooses(
                 found = [await row(engine, images_table, image_id=i) for i in statuses]
                 return all(r["iqdb_hash"] is not None and r["r2_location"] != 0 for r in found)
 
-            await wait_for(settled, 60)
+            await wait_for(settled, what="every upload settled", timeout=60)
     for image_id, status in statuses.items():
         filename, _ = names[image_id]
         home, other = (public, private) if status in (1, -1, None) else (private, public)
@@ -523,7 +516,7 @@ async def test_a_prefix_run_refuses_to_resume_over_a_changed_listing(
     async def topped_up() -> bool:
         return int((await run.state()).get("fed", 0)) >= 2
 
-    await wait_for(topped_up, 30)
+    await wait_for(topped_up, what="the queue topped up", timeout=30)
     feeding.cancel()
     with pytest.raises(asyncio.CancelledError):
         await feeding
@@ -582,7 +575,7 @@ async def test_the_boards_two_buckets_in_a_bulk_run_each_image_rendered_in_its_o
                 found = [await row(engine, images_table, image_id=i) for i in statuses]
                 return all(r["r2_location"] != 0 for r in found)
 
-            await wait_for(located, 60)
+            await wait_for(located, what="r2_location written", timeout=60)
     assert (from_table.total, from_table.rendered, from_table.failed) == (5, 5, 0)
     placed()
     for image_id, home in homes.items():

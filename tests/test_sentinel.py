@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,13 +30,13 @@ from fleet import wake
 from fleet.client import FleetClient
 from fleet.connections import connect, redis_settings, worker_redis_settings
 from fleet.errors import EnqueueError
-from fleet.keys import queue_key, wake_key
+from fleet.keys import job_key, queue_key, wake_key
 from fleet.registry import RENDER_UPLOAD, Queue, RenderUpload
 from fleet.services import EmbeddedRedis, find_redis_server, free_port
 from fleet.settings import Settings, SettingsError, masked_url, parse_sentinel_url
 from imgworker.worker import worker_settings
 from tests import images
-from tests.conftest import running_worker
+from tests.support import running_worker, wait_for
 from tests.test_bulk import counting
 
 MASTER = "mymaster"
@@ -160,7 +160,7 @@ class SentinelGroup:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{MASTER}/{db}"
 
-    def start(self) -> SentinelGroup:
+    async def start(self) -> SentinelGroup:
         self.primary = EmbeddedRedis().start()
         self.link = StallableLink(self.primary.port)
         for _ in range(2):
@@ -168,7 +168,7 @@ class SentinelGroup:
             self.replicas.append(EmbeddedRedis(extra_args=follow).start())
         for i in range(3):
             self.sentinels.append(self._start_sentinel(i))
-        wait_for(self._watched, 30, "the sentinels to see the replicas and each other")
+        await wait_for(self._watched, what="the sentinels to see the replicas and each other", timeout=30)
         return self
 
     def _start_sentinel(self, i: int) -> subprocess.Popen[bytes]:
@@ -209,6 +209,11 @@ class SentinelGroup:
             return False
         return True
 
+    def primary_holds(self, key: str) -> bool:
+        """Whether the primary itself (not through the link) holds ``key``."""
+        with redis.Redis(port=self.primary.port) as primary:
+            return bool(primary.exists(key))
+
     def primary_port(self) -> int | None:
         """The primary the sentinels name now (None while none answers)."""
         for port in self.sentinel_ports:
@@ -232,20 +237,12 @@ class SentinelGroup:
 
 
 @pytest.fixture
-def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+async def sentinel_group(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
     group = SentinelGroup(tmp_path / "sentinels")
     try:
-        yield group.start()
+        yield await group.start()
     finally:
         group.stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 async def through_failover(call: Callable[[], Awaitable[T]], timeout_s: float = 60) -> T:
@@ -258,7 +255,7 @@ async def through_failover(call: Callable[[], Awaitable[T]], timeout_s: float = 
         except (RedisError, OSError):
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # paces the retries of a failing call; nothing waits on time
 
 
 # --- the failover -------------------------------------------------------------------------------
@@ -302,22 +299,30 @@ async def test_a_failover_mid_batch_loses_no_acknowledged_job_and_each_ends_once
     ):
         first = BATCH // 2
         assert await queue_until_held(lazy, uploads[:first]) == 0
-        wait_ready = time.monotonic() + 120
-        while len(list((storage / "thumbs").glob("*.webp"))) < 4:
-            assert time.monotonic() < wait_ready, "no render finished before the failover"
-            await asyncio.sleep(0.02)
+        thumbs = storage / "thumbs"
+        await wait_for(
+            lambda: len(list(thumbs.glob("*.webp"))) >= 4, what="4 renders before the failover", timeout=120
+        )
         worker_pool = await connect(worker_redis_settings(settings))  # a worker's connections
         old_port = sentinel_group.link.port  # the primary's address, as the sentinels give it
         sentinel_group.link.stalled.set()  # the replicas get nothing more...
         queueing = asyncio.create_task(queue_until_held(lazy, uploads[first:]))
-        await asyncio.sleep(0.3)  # ...of what the primary acknowledges meanwhile
+        stalled_job = job_key(uploads[first][0])
+        await wait_for(
+            lambda: asyncio.to_thread(sentinel_group.primary_holds, stalled_job),
+            what="an enqueue the primary acknowledges and no replica gets",
+            timeout=60,
+        )
         killed_at = time.monotonic()
         sentinel_group.primary.kill()  # SIGKILL, mid-batch
         done_before = len(list((storage / "thumbs").glob("*.webp")))
         queue = queue_key(settings.namespace, Queue.IMG)
         await wake.nudge(worker_pool, queue)  # a worker's write cut off by the failover: retried, not raised
-        await asyncio.to_thread(
-            wait_for, lambda: sentinel_group.primary_port() not in (None, old_port), 60, "a promotion"
+        await wait_for(
+            lambda: asyncio.to_thread(sentinel_group.primary_port),
+            what="a promotion",
+            until=lambda port: port not in (None, old_port),
+            timeout=60,
         )
         promoted_s = time.monotonic() - killed_at
         failed_enqueues = await queueing
@@ -352,7 +357,7 @@ async def queue_until_held(client: FleetClient, uploads: list[tuple[str, RenderU
             except EnqueueError:
                 failures += 1
                 assert time.monotonic() < deadline, f"{job_id} could not be queued"
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # paces the API's retries; nothing waits on time
     return failures
 
 
@@ -365,13 +370,10 @@ def job_status(client: FleetClient, job_id: str) -> Callable[[], Awaitable[str]]
 
 async def wait_result(client: FleetClient, job_id: str, timeout_s: float = 180) -> JobResult:
     job = await through_failover(lambda: client.job(job_id))
-    deadline = time.monotonic() + timeout_s
-    while True:
-        info = await through_failover(job.result_info)
-        if info is not None:
-            return info
-        assert time.monotonic() < deadline, f"job {job_id} never finished"
-        await asyncio.sleep(0.05)
+    info: JobResult = await wait_for(
+        lambda: through_failover(job.result_info), what=f"job {job_id}'s result", timeout=timeout_s
+    )
+    return info
 
 
 def decoded_outputs(storage: Path, names: list[tuple[str, str]]) -> dict[str, bytes]:
