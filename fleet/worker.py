@@ -591,8 +591,12 @@ class FleetWorker(Worker):
         return max(0.0, min(ahead, default=math.inf))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's, except that a job still running here is not started again here: its lock can
+        be gone while it runs (after a failover, the promoted replica never got its renewals),
+        and arq would run it twice side by side, failing it in its own bookkeeping."""
         self._saw_due = bool(job_ids)
-        await super().start_jobs(job_ids)
+        running = {job_id for job_id, task in self.tasks.items() if not task.done()}
+        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in running])
 
     async def close(self) -> None:
         if self._waiter is not None:

@@ -5,6 +5,7 @@ characters, dead-letter floods and Redis errors that retrying cannot cure."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import re
@@ -202,6 +203,35 @@ async def test_a_job_whose_key_expired_is_dead_lettered_not_dropped(
     assert (letter.job_id, letter.queue, letter.error_type) == (job.job_id, "iqdb", "JobExpired")
     assert "expired before it ran" in letter.message
     assert await client.redis.zcard(queue_key(settings.namespace, Queue.IQDB)) == 0
+
+
+async def test_a_job_whose_lock_is_lost_while_it_runs_is_not_started_again_by_the_same_worker(
+    settings: Settings, client: FleetClient
+) -> None:
+    """After a Sentinel failover the promoted replica may have let a running job's lock expire
+    (the renewals were never replicated): the worker running it sees it due and unlocked. arq
+    would start it a second time beside the first, and the two runs' bookkeeping then fails
+    the job (KeyError in arq's task table: seen in the failover test). A job still running
+    here is never started again here; another worker may, to the same result."""
+    starts: collections.Counter[int] = collections.Counter()
+    release = asyncio.Event()
+
+    async def index(ctx: Context, payload: Any) -> str:
+        starts[payload.image_id] += 1
+        if payload.image_id == 1:
+            await release.wait()
+        return "ok"
+
+    async with running_worker(iqdb_worker(settings, index)):
+        held = await client.index_iqdb(1, "iqdb/held.jpg")
+        await wait_for(lambda: starts[1], what="job 1 running")
+        await client.redis.delete(in_progress_key(held.job_id))  # its lock, lost in a failover
+        # A job queued after the loss: the poll that starts it also sees job 1, due and unlocked.
+        after = await client.index_iqdb(2, "iqdb/after.jpg")
+        assert await after.result(timeout=60, poll_delay=0.05) == "ok"
+        release.set()
+        assert await held.result(timeout=60, poll_delay=0.05) == "ok"
+    assert starts == {1: 1, 2: 1}
 
 
 # --- 8: `fleet dead retry` of a bulk image renders it -------------------------------------------
