@@ -48,7 +48,6 @@ class GpuBackend:
     ) -> None:
         self.renderer = renderer
         self.cpu = cpu
-        self.options = cpu.options
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
         self.size = cpu.size + batch_size
@@ -62,6 +61,11 @@ class GpuBackend:
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu", initializer=renderer.codec.bind)
         self._batcher: asyncio.Task[None] | None = None
         self._on_gpu = 0
+
+    @property
+    def options(self) -> RenderOptions:
+        """The pool's: one set of render options per worker, whichever backend renders."""
+        return self.cpu.options
 
     @property
     def busy(self) -> int:
